@@ -1,0 +1,5 @@
+"""``python -m plasticity`` is the ``plasticity`` command."""
+
+from .cli import main
+
+main()

@@ -1,0 +1,224 @@
+"""The ``plasticity`` command: the composition root (config + data + core calls + output).
+
+Every subcommand takes the shared flags ``--preset``, ``--set key=value`` (repeatable, checked
+against the command's config fields), ``--seed``, ``--device``, ``--out DIR`` and ``--json``.
+A bad input is one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from . import PlasticityError, __version__
+from .config import BaselineConfig, MetaConfig, TrainConfig, build_config, parse_sets, to_dict
+
+COMMANDS = {"meta-train": MetaConfig, "train": TrainConfig, "baseline": BaselineConfig}
+
+
+def _shared(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preset", help="named preset: smoke (seconds on a CPU), quick, paper")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one config field (repeatable)")
+    p.add_argument("--seed", type=int, help="root seed of the run (config field 'seed')")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
+    p.add_argument("--out", type=Path, help="output folder (default runs/<command>-<time>)")
+    p.add_argument("--json", action="store_true", help="print one JSON result object on stdout")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="plasticity", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"plasticity {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    helps = {
+        "meta-train": "meta-learn plasticity rules by GD through unrolled learning",
+        "train": "train fresh networks with a frozen rule (no backprop)",
+        "baseline": "train the same networks by gradient descent",
+    }
+    for name, text in helps.items():
+        p = sub.add_parser(name, help=text, description=text)
+        _shared(p)
+        if name == "train":
+            p.add_argument("--rule", help="rule JSON file or classic name (config field 'rule')")
+    p = sub.add_parser("prepare-data", help="prepare the MNIST / Fashion-MNIST data root")
+    p.add_argument("--root", type=Path, help="data root (default: $PLASTICITY_DATA or ./data)")
+    p.add_argument("--source", type=Path, help="folder of .gz files (default: ../shared/data)")
+    p = sub.add_parser("study", help="run a study of the paper (fig3, fig2, table2, theory)")
+    from .studies import STUDIES
+
+    p.add_argument("name", choices=sorted(STUDIES))
+    _shared(p)
+    return parser
+
+
+def resolve_device(name: str) -> str:
+    """'auto' -> 'cuda' when available, else 'cpu'; a CUDA request without CUDA is an error."""
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise PlasticityError(f"--device {name} asked for, but CUDA is not available: use cpu")
+    if name != "cpu" and not name.startswith("cuda"):
+        raise PlasticityError(f"unknown --device '{name}': use auto, cpu, cuda or cuda:N")
+    return name
+
+
+def out_dir(args, command: str) -> Path:
+    if args.out is not None:
+        return args.out
+    return Path("runs") / f"{command}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def write_json(path: Path, obj) -> Path:
+    """Write JSON atomically."""
+    from .rules.io import atomic_write_text
+
+    return atomic_write_text(path, json.dumps(obj, indent=1, default=_jsonable))
+
+
+def _jsonable(o):
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, (np.floating, np.integer)):
+        return o.item()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def _summary(res_curve: np.ndarray, acc: np.ndarray) -> dict:
+    return {"test_accuracy_mean": float(np.mean(acc)), "test_accuracy_std": float(np.std(acc)),
+            "test_accuracy": acc.tolist()}
+
+
+def cmd_meta_train(cfg: MetaConfig, args, device: str) -> dict:
+    from .data import load_dataset
+    from .meta import evaluate_rule, meta_train
+    from .rules.io import save_rule
+
+    data = load_dataset(cfg.dataset, data_seed=cfg.data_seed, inputs=cfg.inputs)
+    t0 = time.time()
+    res = meta_train(cfg, data, device=device, progress=not args.no_progress)
+    out = out_dir(args, "meta-train")
+    rule_path = save_rule(res.rule, out / "rule.json")
+    acc = evaluate_rule(cfg, res.rule, data, device, n_train=cfg.n_train or data.x_train.shape[0],
+                        n_test=cfg.n_test or data.x_test.shape[0])
+    result = {"command": "meta-train", "config": to_dict(cfg), "rule": str(rule_path),
+              "final_loss": res.history[-1]["loss"], "skipped_steps": res.skipped,
+              "test_accuracy": acc, "seconds": time.time() - t0,
+              "output_table": res.rule.output.table().tolist(),
+              "rnn_table": None if res.rule.rnn is None else res.rule.rnn.table().tolist()}
+    write_json(out / "history.json", res.history)
+    write_json(out / "result.json", result)
+    return result
+
+
+def load_rule_ref(ref: str, T: int, eta: float):
+    """A rule from a JSON path or a classic name."""
+    from .rules.classic import CLASSIC, classic_rule
+    from .rules.io import load_rule
+
+    if ref in CLASSIC:
+        return classic_rule(ref, T, eta)
+    if not ref.endswith(".json") and not Path(ref).exists():
+        raise PlasticityError(f"rule '{ref}' is neither a rule JSON file nor one of {CLASSIC}")
+    return load_rule(ref)
+
+
+def cmd_train(cfg: TrainConfig, args, device: str) -> dict:
+    from .transfer import run_train
+
+    t0 = time.time()
+    rule = load_rule_ref(cfg.rule, cfg.T, cfg.eta)
+    res = run_train(cfg, rule, device=device, progress=not args.no_progress)
+    out = out_dir(args, "train")
+    result = {"command": "train", "config": to_dict(cfg), "rule_provenance": rule.provenance,
+              **_summary(res.curve, res.test_accuracy), "updates": res.updates.tolist(),
+              "curve": {"examples": res.examples, "accuracy_mean": res.curve.mean(1).tolist(),
+                        "accuracy_std": res.curve.std(1).tolist()},
+              "seconds": time.time() - t0}
+    write_json(out / "result.json", result)
+    return result
+
+
+def cmd_baseline(cfg: BaselineConfig, args, device: str) -> dict:
+    from .baselines import train_baseline
+    from .data import load_dataset
+
+    t0 = time.time()
+    data = load_dataset(cfg.dataset, data_seed=cfg.data_seed, inputs=cfg.inputs)
+    res = train_baseline(cfg, data, device=device, progress=not args.no_progress)
+    out = out_dir(args, "baseline")
+    result = {"command": "baseline", "config": to_dict(cfg),
+              **_summary(res.curve, res.test_accuracy),
+              "curve": {"examples": res.examples, "updates": res.updates_at,
+                        "accuracy_mean": res.curve.mean(1).tolist(),
+                        "accuracy_std": res.curve.std(1).tolist()},
+              "seconds": time.time() - t0}
+    write_json(out / "result.json", result)
+    return result
+
+
+def _print_human(result: dict) -> None:
+    keys = ("rule", "test_accuracy_mean", "test_accuracy_std", "test_accuracy", "final_loss",
+            "skipped_steps", "seconds", "report")
+    for k in keys:
+        if k in result:
+            v = result[k]
+            print(f"{k:>20}: {v:.4f}" if isinstance(v, float) else f"{k:>20}: {v}")
+
+
+def run(argv: list[str] | None = None) -> int:
+    """Parse, run, print. Returns the exit code."""
+    args = build_parser().parse_args(argv)
+    if args.command == "prepare-data":
+        from .data import prepare_data_root
+
+        root = prepare_data_root(args.root, args.source)
+        print(f"data ready in {root}")
+        return 0
+    sets = parse_sets(args.sets)
+    if args.command == "train" and args.rule:
+        sets["rule"] = args.rule
+    device = resolve_device(args.device)
+    if args.command == "study":
+        from .studies import run_study
+
+        result = run_study(args.name, args.preset or "quick", sets, seed=args.seed,
+                           device=device, out=out_dir(args, f"study-{args.name}"),
+                           progress=not args.no_progress)
+    else:
+        cls = COMMANDS[args.command]
+        cfg = build_config(cls, args.command, args.preset, sets, seed=args.seed)
+        handler = {"meta-train": cmd_meta_train, "train": cmd_train, "baseline": cmd_baseline}
+        result = handler[args.command](cfg, args, device)
+    if args.json:
+        print(json.dumps(result, default=_jsonable))
+    else:
+        _print_human(result)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: PlasticityError -> one line on stderr, exit code 2."""
+    try:
+        code = run(argv)
+    except PlasticityError as exc:
+        print(f"plasticity: error: {str(exc).splitlines()[0] if str(exc) else 'failed'}",
+              file=sys.stderr)
+        code = 2
+    except KeyboardInterrupt:
+        print("plasticity: interrupted", file=sys.stderr)
+        code = 130
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,237 @@
+"""Configuration: small frozen dataclasses, one strict parser, named presets.
+
+Field names are the CLI's ``--set`` keys, the Tune search-space keys and the MLflow param names.
+Every command's config is flat so ``--set neurons=1000`` means the same thing everywhere.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, fields
+
+from . import PlasticityError
+from .network import INPUT_WEIGHTS, RECURRENCES, check_network_shape
+from .rules.tables import MODES, OUTPUT_ROWS, PARAMETRIZATIONS, UPDATE_ON
+
+DTYPES = ("float32", "float64")
+
+
+def _choice(name: str, value: str, options: tuple[str, ...]) -> None:
+    if value not in options:
+        raise PlasticityError(f"{name}='{value}' is not one of {', '.join(options)}")
+
+
+def _positive(cfg, *names: str, allow_zero: bool = False) -> None:
+    for name in names:
+        v = getattr(cfg, name)
+        if v < 0 or (v == 0 and not allow_zero):
+            raise PlasticityError(f"{name}={v} must be {'>= 0' if allow_zero else '> 0'}")
+
+
+@dataclass(frozen=True)
+class Common:
+    """Fields shared by every command: data, network shape, rule application."""
+
+    seed: int = 0  # root seed of the run: networks, example orders, rule init
+    dataset: str = "halfspace"  # halfspace | relu1 | relu2 | rnn | mnist | fashion_mnist
+    data_seed: int = 0  # seed of the synthetic task (the same task across run seeds)
+    inputs: str = "normal"  # synthetic inputs: normal (paper) | uniform [-1, 1] (reference code)
+    n_train: int = 0  # training examples used (0 = all)
+    n_test: int = 0  # test examples used for final accuracies (0 = all)
+    neurons: int = 100  # |V|, hidden neurons in the random graph
+    k: int = 50  # cap: neurons kept (firing) per round
+    p: float = 0.5  # edge probability of the graph and input masks
+    T: int = 1  # firing rounds (T = 1: feedforward)
+    recurrence: str = "paper"  # paper: cap(ReLU(Wh + Ax)) | code: cap(ReLU(W(h + Ax)))
+    input_weights: str = "normal"  # normal: A ~ N(0,1) | ones (Table 2's starred row)
+    dtype: str = "float32"  # float32 | float64
+    eta: float = 0.01  # plasticity step size
+
+    def __post_init__(self):
+        check_network_shape(neurons=self.neurons, k=self.k, p=self.p, T=self.T)
+        _choice("inputs", self.inputs, ("normal", "uniform"))
+        _choice("recurrence", self.recurrence, RECURRENCES)
+        _choice("input_weights", self.input_weights, INPUT_WEIGHTS)
+        _choice("dtype", self.dtype, DTYPES)
+        _positive(self, "eta")
+        _positive(self, "n_train", "n_test", allow_zero=True)
+
+
+@dataclass(frozen=True)
+class TrainConfig(Common):
+    """Rule-based training (no backprop) of fresh networks by a frozen rule."""
+
+    rule: str = "perceptron"  # a classic rule name (perceptron, winnow, hebb+perceptron) or a JSON path
+    passes: int = 1  # passes over the training examples
+    networks: int = 1  # independent networks (own graph, weights, example order) batched
+    eval_every: int = 500  # examples between points of the accuracy curve
+    eval_examples: int = 1000  # test examples per curve point (final accuracy uses n_test)
+    chunk: int = 0  # examples run ahead per forward pass (0 = adaptive)
+    update_on: str = "rule"  # rule: the rule's own scheme | mistakes | all examples
+    output_rows: str = "rule"  # rule: the rule's own scheme | label_pred | all output rows
+
+    def __post_init__(self):
+        super().__post_init__()
+        _choice("update_on", self.update_on, ("rule", *UPDATE_ON))
+        _choice("output_rows", self.output_rows, ("rule", *OUTPUT_ROWS))
+        _positive(self, "passes", "networks", "eval_every", "eval_examples")
+        _positive(self, "chunk", allow_zero=True)
+
+
+@dataclass(frozen=True)
+class MetaConfig(Common):
+    """Meta-learning rules by GD through the unrolled rule-based learning (PAPER.md 3)."""
+
+    learn: str = "output"  # output rule alone | both: RNN + output jointly | rnn: RNN rule, perceptron output
+    mode: str = "additive"  # additive | multiplicative rule application
+    update_on: str = "mistakes"  # mistakes | all examples
+    output_rows: str = "label_pred"  # label_pred | all output rows
+    rule_param: str = "table"  # table | mlp
+    hidden: int = 10  # MLP rule hidden units
+    rnn_init: float = 1.0  # std of the initial RNN rule table (paper: N(0,1))
+    output_init: float = 0.0  # std of the initial output rule table (paper: zeros)
+    episodes: int = 16  # E: episodes per step, one batched computation
+    batch: int = 100  # B: examples per episode
+    steps: int = 200  # outer optimizer steps
+    lr: float = 1e-2  # Adam learning rate
+    weight_decay: float = 0.01  # Adam (L2) weight decay
+    checkpoint_every: int = 0  # recompute-in-backward segment length (0 = store everything)
+    resample_networks: bool = False  # draw new networks every step (else E fixed networks)
+    eval_every: int = 50  # steps between evaluations by rule-based training
+    eval_train: int = 2000  # training examples for those evaluations
+    eval_examples: int = 1000  # test examples for those evaluations
+
+    def __post_init__(self):
+        super().__post_init__()
+        _choice("learn", self.learn, ("output", "both", "rnn"))
+        _choice("mode", self.mode, MODES)
+        _choice("update_on", self.update_on, UPDATE_ON)
+        _choice("output_rows", self.output_rows, OUTPUT_ROWS)
+        _choice("rule_param", self.rule_param, PARAMETRIZATIONS)
+        _positive(self, "hidden", "episodes", "batch", "steps", "lr", "eval_every", "eval_train",
+                  "eval_examples")
+        _positive(self, "weight_decay", "checkpoint_every", "rnn_init", "output_init",
+                  allow_zero=True)
+        if self.learn != "output" and self.T < 2:
+            raise PlasticityError(f"learn={self.learn} needs T >= 2: with T=1 there is no "
+                                  "recurrent step")
+
+
+@dataclass(frozen=True)
+class BaselineConfig(Common):
+    """The same networks trained by backprop (PAPER.md Fig. 2 and 'GD, T=3')."""
+
+    method: str = "output"  # output: output layer only | full: recurrent and output weights
+    batch: int = 1  # minibatch size
+    lr: float = 1e-2  # Adam learning rate
+    passes: int = 1  # passes over the training examples
+    networks: int = 1  # independent networks batched
+    eval_every: int = 500  # examples between curve points
+    eval_examples: int = 1000  # test examples per curve point
+
+    def __post_init__(self):
+        super().__post_init__()
+        _choice("method", self.method, ("output", "full"))
+        _positive(self, "batch", "lr", "passes", "networks", "eval_every", "eval_examples")
+
+
+def field_names(cls) -> list[str]:
+    """The config keys of a config class."""
+    return [f.name for f in fields(cls)]
+
+
+def _convert(name: str, value, typ):
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+        if str(value).lower() in ("1", "true", "yes", "on"):
+            return True
+        if str(value).lower() in ("0", "false", "no", "off"):
+            return False
+        raise PlasticityError(f"{name}={value!r} is not a boolean (use true or false)")
+    if typ in (int, float):
+        if isinstance(value, bool):
+            raise PlasticityError(f"{name}={value!r} must be a number")
+        try:
+            if typ is int:
+                f = float(value)
+                if f != int(f):
+                    raise ValueError
+                return int(f)
+            out = float(value)
+        except (TypeError, ValueError, OverflowError):
+            raise PlasticityError(f"{name}={value!r} is not a valid {typ.__name__}") from None
+        if out != out or out in (float("inf"), float("-inf")):
+            raise PlasticityError(f"{name}={value!r} must be finite")
+        return out
+    return str(value)
+
+
+def from_dict(cls, d: dict, where: str = "config"):
+    """Build ``cls`` from a dict; unknown keys and bad values are one-line PlasticityErrors."""
+    hints = typing.get_type_hints(cls)
+    names = field_names(cls)
+    unknown = [k for k in d if k not in names]
+    if unknown:
+        raise PlasticityError(
+            f"unknown {where} key '{unknown[0]}': valid keys are {', '.join(sorted(names))}")
+    try:
+        return cls(**{k: _convert(k, v, hints[k]) for k, v in d.items()})
+    except TypeError as exc:  # pragma: no cover - guarded by the checks above
+        raise PlasticityError(f"bad {where}: {exc}") from None
+
+
+def parse_sets(items: list[str]) -> dict[str, str]:
+    """``["a=1", "b=x"]`` -> ``{"a": "1", "b": "x"}``; a malformed item is an error."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise PlasticityError(f"--set expects key=value, got '{item}'")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def to_dict(cfg) -> dict:
+    """A config as a plain dict (for JSON, MLflow params, Tune)."""
+    return dataclasses.asdict(cfg)
+
+
+SMALL = {"neurons": 100, "k": 50}
+LARGE = {"neurons": 1000, "k": 500}
+
+PRESETS: dict[str, dict[str, dict]] = {
+    "meta-train": {
+        "smoke": {"n_train": 600, "n_test": 500, "episodes": 4, "batch": 20, "steps": 6,
+                  "eval_every": 3, "eval_train": 300, "eval_examples": 200},
+        "quick": {"episodes": 16, "batch": 100, "steps": 150, "eval_every": 50},
+        "paper": {"episodes": 16, "batch": 100, "steps": 1000, "eval_every": 100,
+                  "eval_train": 10000, "eval_examples": 10000, "dtype": "float64"},
+    },
+    "train": {
+        "smoke": {"n_train": 600, "n_test": 500, "eval_every": 200, "eval_examples": 200},
+        "quick": {"n_test": 2000, "networks": 3, "eval_every": 1000},
+        "paper": {**LARGE, "networks": 10, "eval_every": 500, "eval_examples": 10000},
+    },
+    "baseline": {
+        "smoke": {"n_train": 600, "n_test": 500, "eval_every": 200, "eval_examples": 200},
+        "quick": {"n_test": 2000, "networks": 3, "eval_every": 1000},
+        "paper": {**LARGE, "networks": 10, "eval_every": 500, "eval_examples": 10000},
+    },
+}
+
+
+def build_config(cls, command: str, preset: str | None, sets: dict, seed: int | None = None):
+    """Preset (if any), then ``--set`` overrides, then ``--seed``: the run's config."""
+    d: dict = {}
+    if preset is not None:
+        presets = PRESETS.get(command, {})
+        if preset not in presets:
+            raise PlasticityError(
+                f"unknown preset '{preset}' for {command}: use one of {', '.join(presets)}")
+        d.update(presets[preset])
+    d.update(sets)
+    if seed is not None:
+        d["seed"] = seed
+    return from_dict(cls, d, where=f"{command} config")

@@ -1,0 +1,225 @@
+"""Meta-learning plasticity rules by gradient descent (PAPER.md section 3).
+
+One step: E episodes, each a fresh network (W = U = 0) that learns B examples one at a time with
+the current rule; then cross-entropy of the final weights on the episode's B examples; backprop
+through the whole unrolled sequence of updates into the rule's parameters; one Adam step. The E
+episodes are one batched computation. Which examples trigger an update (mistakes), which neurons
+fire and which is predicted are constants for the gradient; the values flow.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch.utils.checkpoint import checkpoint
+
+from .config import MetaConfig, to_dict
+from .learning import example_orders, train_with_rule
+from .network import Networks, make_networks
+from .rules import LayerRule, Rule, Scheme
+from .rules.classic import perceptron
+from .rules.tables import apply_delta, init_params, output_delta, params_to_table, rnn_delta
+from .seeding import derive_seed, torch_generator
+
+
+def unroll(nets: Networks, W, U, rnn_table, out_table, xs, ys, *, eta: float, mode: str,
+           scheme: Scheme):
+    """Differentiable rule-based learning of B examples per network, one at a time.
+
+    xs: [N, B, d], ys: [N, B]; tables [S, S] / [S, 2] (or with a leading N). Returns (W, U)."""
+    N = nets.n
+    for t in range(xs.shape[1]):
+        logits, _, hist = nets.forward(xs[:, t:t + 1], W, U)
+        hist = hist[:, 0]
+        pred = logits[:, 0].argmax(-1)
+        y = ys[:, t]
+        if scheme.update_on == "mistakes":
+            scale = (pred != y).to(W.dtype) * eta
+        else:
+            scale = torch.full((N,), eta, dtype=W.dtype, device=W.device)
+        dU = output_delta(out_table, hist, y, pred, scale, nets.n_classes, scheme.output_rows)
+        U = apply_delta(U, dU, mode)
+        if rnn_table is not None:
+            W = apply_delta(W, rnn_delta(rnn_table, hist, scale), mode, mask=nets.graph)
+    return W, U
+
+
+def episode_loss(nets: Networks, rnn_table, out_table, xs, ys, *, eta, mode, scheme,
+                 checkpoint_every: int = 0) -> torch.Tensor:
+    """Mean cross-entropy, after learning each episode's examples, on those same examples."""
+    W, U = nets.fresh_weights(mode)
+    B = xs.shape[1]
+    seg = checkpoint_every if checkpoint_every > 0 else B
+    for s in range(0, B, seg):
+        xseg, yseg = xs[:, s:s + seg], ys[:, s:s + seg]
+        if checkpoint_every > 0:
+            W, U = checkpoint(_segment, nets, W, U, rnn_table, out_table, xseg, yseg, eta, mode,
+                              scheme, use_reentrant=False)
+        else:
+            W, U = unroll(nets, W, U, rnn_table, out_table, xseg, yseg, eta=eta, mode=mode,
+                          scheme=scheme)
+    logits, _, _ = nets.forward(xs, W, U)
+    return torch.nn.functional.cross_entropy(logits.flatten(0, 1), ys.flatten())
+
+
+def _segment(nets, W, U, rnn_table, out_table, xs, ys, eta, mode, scheme):
+    return unroll(nets, W, U, rnn_table, out_table, xs, ys, eta=eta, mode=mode, scheme=scheme)
+
+
+@dataclass
+class MetaResult:
+    """The learned rule and the history of the meta-optimisation."""
+
+    rule: Rule
+    history: list[dict] = field(default_factory=list)  # {step, loss[, accuracy]}
+    skipped: int = 0  # steps whose meta-gradient was not finite (skipped, never applied)
+
+
+class RuleParams:
+    """The trainable parameters of the rule(s) being meta-learned, and the fixed parts."""
+
+    def __init__(self, cfg: MetaConfig, device, fixed_rnn: LayerRule | None = None,
+                 fixed_output: LayerRule | None = None):
+        gen = torch_generator(cfg.seed, "rule-init")
+        if cfg.learn == "rnn" and fixed_output is None:
+            fixed_output = perceptron(cfg.T)
+        self.cfg = cfg
+        self.param = cfg.rule_param
+        self.out = {} if fixed_output is not None else _trainable(
+            init_params(cfg.rule_param, "output", cfg.T, hidden=cfg.hidden, gen=gen,
+                        scale=cfg.output_init), device)
+        learn_rnn = cfg.learn in ("both", "rnn")
+        self.rnn = _trainable(init_params(cfg.rule_param, "rnn", cfg.T, hidden=cfg.hidden, gen=gen,
+                                          scale=cfg.rnn_init), device) if learn_rnn else {}
+        self.fixed_rnn, self.fixed_output = fixed_rnn, fixed_output
+
+    def parameters(self) -> list[torch.Tensor]:
+        return [*self.out.values(), *self.rnn.values()]
+
+    def tables(self, dtype):
+        """(RNN table or None, output table) as differentiable functions of the parameters."""
+        cfg = self.cfg
+        if self.fixed_output is not None:
+            out = self.fixed_output.table()
+        else:
+            out = params_to_table(self.param, "output", cfg.T, self.out)
+        if self.rnn:
+            rnn = params_to_table(self.param, "rnn", cfg.T, self.rnn)
+        else:
+            rnn = None if self.fixed_rnn is None else self.fixed_rnn.table()
+        dev = self.parameters()[0].device if self.parameters() else "cpu"
+        return (None if rnn is None else rnn.to(dev, dtype)), out.to(dev, dtype)
+
+    def rule(self, provenance: dict) -> Rule:
+        """A frozen snapshot of the current rule."""
+        cfg = self.cfg
+
+        def snap(params, layer):
+            p = {k: v.detach().to(torch.float64).cpu().clone() for k, v in params.items()}
+            return LayerRule(layer, cfg.T, self.param, p, cfg.hidden if self.param == "mlp" else None)
+
+        out = self.fixed_output if self.fixed_output is not None else snap(self.out, "output")
+        rnn = snap(self.rnn, "rnn") if self.rnn else self.fixed_rnn
+        return Rule(cfg.T, out, rnn, cfg.mode, Scheme(cfg.update_on, cfg.output_rows), provenance)
+
+
+def _trainable(params: dict, device) -> dict:
+    return {k: v.to(device).requires_grad_(True) for k, v in params.items()}
+
+
+def meta_train(cfg: MetaConfig, data, *, device="cpu", fixed_rnn: LayerRule | None = None,
+               progress: bool = False, on_step=None) -> MetaResult:
+    """Meta-learn the rule of ``cfg`` on ``data`` (a plasticity.data.Dataset) by Adam.
+
+    ``on_step(record)`` is called after every step (for trackers); evaluation records carry the
+    test accuracy of a fresh network trained by the current rule on ``eval_train`` examples."""
+    dtype = getattr(torch, cfg.dtype)
+    x_tr, y_tr, x_te, y_te = _tensors(cfg, data, device, dtype)
+    params = RuleParams(cfg, device, fixed_rnn=fixed_rnn)
+    opt = torch.optim.Adam(params.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheme = Scheme(cfg.update_on, cfg.output_rows)
+    net_args = dict(neurons=cfg.neurons, k=cfg.k, p=cfg.p, T=cfg.T, seed=cfg.seed,
+                    recurrence=cfg.recurrence, input_weights=cfg.input_weights, dtype=dtype,
+                    device=device)
+    nets = make_networks(cfg.episodes, data.dim, data.n_classes, key="meta-networks", **net_args)
+    batches = _episode_batches(cfg, x_tr.shape[0], device)
+    provenance = {"method": "gd", "dataset": cfg.dataset, "config": to_dict(cfg)}
+    result = MetaResult(params.rule(provenance))
+    bar = _bar(cfg.steps, progress)
+    for step in range(1, cfg.steps + 1):
+        if cfg.resample_networks:
+            nets = make_networks(cfg.episodes, data.dim, data.n_classes,
+                                 key=("meta-networks", step), **net_args)
+        idx = next(batches)
+        rnn_t, out_t = params.tables(dtype)
+        loss = episode_loss(nets, rnn_t, out_t, x_tr[idx], y_tr[idx], eta=cfg.eta, mode=cfg.mode,
+                            scheme=scheme, checkpoint_every=cfg.checkpoint_every)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        grads = [p.grad for p in params.parameters() if p.grad is not None]
+        finite = bool(torch.isfinite(loss)) and all(bool(torch.isfinite(g).all()) for g in grads)
+        if finite:
+            opt.step()
+        else:
+            result.skipped += 1
+        record = {"step": step, "loss": float(loss.detach()), "skipped": result.skipped}
+        if step % cfg.eval_every == 0 or step == cfg.steps:
+            rule = params.rule(provenance)
+            record["accuracy"] = evaluate_rule(cfg, rule, data, device, n_train=cfg.eval_train,
+                                               n_test=cfg.eval_examples, networks=1)
+        result.history.append(record)
+        if on_step is not None:
+            on_step(record)
+        if bar is not None:
+            bar.set_postfix(loss=f"{record['loss']:.3f}")
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    result.rule = params.rule(provenance)
+    return result
+
+
+def evaluate_rule(cfg, rule: Rule, data, device, *, n_train: int, n_test: int,
+                  networks: int = 1) -> float:
+    """Mean test accuracy of fresh networks of ``cfg``'s shape trained by ``rule`` (one pass)."""
+    dtype = getattr(torch, cfg.dtype)
+    x_tr, y_tr = data.x_train[:n_train].to(device, dtype), data.y_train[:n_train].to(device)
+    x_te, y_te = data.x_test[:n_test].to(device, dtype), data.y_test[:n_test].to(device)
+    nets = make_networks(networks, data.dim, data.n_classes, neurons=cfg.neurons, k=cfg.k, p=cfg.p,
+                         T=cfg.T, seed=cfg.seed, recurrence=cfg.recurrence,
+                         input_weights=cfg.input_weights, dtype=dtype, device=device,
+                         key="eval-networks")
+    order = example_orders(networks, x_tr.shape[0], 1, torch_generator(cfg.seed, "eval-order"),
+                           device)
+    res = train_with_rule(nets, rule, x_tr, y_tr, x_te, y_te, order=order, eta=cfg.eta,
+                          eval_every=x_tr.shape[0], eval_examples=1)
+    return float(np.mean(res.test_accuracy))
+
+
+def _tensors(cfg, data, device, dtype):
+    n_tr = cfg.n_train or data.x_train.shape[0]
+    n_te = cfg.n_test or data.x_test.shape[0]
+    return (data.x_train[:n_tr].to(device, dtype), data.y_train[:n_tr].to(device),
+            data.x_test[:n_te].to(device, dtype), data.y_test[:n_te].to(device))
+
+
+def _episode_batches(cfg: MetaConfig, n: int, device):
+    """Endless [E, B] index batches: shuffled passes over the training set, seeded."""
+    need = cfg.episodes * cfg.batch
+    gen = torch.Generator().manual_seed(derive_seed(cfg.seed, "meta-batches"))
+    buf = torch.empty(0, dtype=torch.int64)
+    while True:
+        while buf.numel() < need:
+            buf = torch.cat([buf, torch.randperm(n, generator=gen)])
+        idx, buf = buf[:need], buf[need:]
+        yield idx.view(cfg.episodes, cfg.batch).to(device)
+
+
+def _bar(total, enabled):
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc="meta-training", unit="step", leave=False, dynamic_ncols=True)

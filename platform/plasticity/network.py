@@ -1,0 +1,165 @@
+"""The paper's "simple RNN" (PAPER.md 1.1), batched over a leading dimension of networks.
+
+A batch holds ``N`` independent networks, each with its own random graph, input weights and
+(plastic) recurrent and output weights, so a population of rules or a batch of meta-learning
+episodes is one tensor computation.
+
+Shapes: ``N`` networks, ``B`` examples per network, ``V`` neurons, ``d`` input dims, ``l`` classes.
+Conventions (PAPER.md 1.3): ``W[n, j, i]`` is the weight of the edge from presynaptic ``i`` to
+postsynaptic ``j``; ``U[n, c, i]`` is the weight from hidden neuron ``i`` to output ``c``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from . import PlasticityError
+from .seeding import torch_generator
+
+RECURRENCES = ("paper", "code")
+INPUT_WEIGHTS = ("normal", "ones")
+
+
+def cap(z: torch.Tensor, k: int) -> torch.Tensor:
+    """k-cap: keep the k largest entries of the last dimension, zero the rest. [..., V] -> [..., V].
+
+    Gradients flow through the kept values only; which entries are kept is a constant.
+    """
+    if k >= z.shape[-1]:
+        return z
+    values, idx = torch.topk(z, k, dim=-1, sorted=False)
+    return torch.zeros_like(z).scatter(-1, idx, values)
+
+
+@dataclass
+class Networks:
+    """The fixed (non-plastic) part of N simple RNNs: input weights, graph and the dynamics.
+
+    ``A``: [N, V, d] input weights, already multiplied by the input mask.
+    ``graph``: [N, V, V] 0/1 mask of the directed graph (no self-loops), row = post, col = pre.
+    """
+
+    A: torch.Tensor
+    graph: torch.Tensor
+    k: int
+    T: int
+    n_classes: int
+    recurrence: str = "paper"
+
+    @property
+    def n(self) -> int:
+        return self.A.shape[0]
+
+    @property
+    def neurons(self) -> int:
+        return self.A.shape[1]
+
+    def fresh_weights(self, mode: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Plastic weights at the start of rule-based learning: W, U = 0 (additive) or 1 (mult.).
+
+        Returns W [N, V, V] (zero off the graph) and U [N, l, V].
+        """
+        N, V = self.n, self.neurons
+        if mode == "additive":
+            W = torch.zeros_like(self.graph)
+            U = self.A.new_zeros(N, self.n_classes, V)
+        elif mode == "multiplicative":
+            W = self.graph.clone()
+            U = self.A.new_ones(N, self.n_classes, V)
+        else:
+            raise PlasticityError(f"unknown rule mode '{mode}': use additive or multiplicative")
+        return W, U
+
+    def select(self, index: torch.Tensor | slice) -> Networks:
+        """The sub-batch of networks at ``index``."""
+        return Networks(self.A[index], self.graph[index], self.k, self.T, self.n_classes,
+                        self.recurrence)
+
+    def hidden(self, x: torch.Tensor, W: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run T rounds. x: [N, B, d], W: [N, V, V] -> (h_T [N, B, V], histories [N, B, V] int64).
+
+        Round 1: h = cap(ReLU(A x)); then h <- cap(ReLU(W h + A x)) (``recurrence="paper"``) or
+        cap(ReLU(W (h + A x))) (``"code"``, the reference code's form). A neuron fires in a round
+        when it is kept by the cap and its value is > 0; histories are T-bit codes with the first
+        round as the most significant bit.
+        """
+        ax = torch.matmul(x, self.A.transpose(1, 2))
+        h = cap(torch.relu(ax), self.k)
+        hist = (h > 0).to(torch.int64)
+        wt = W.transpose(1, 2)
+        for _ in range(self.T - 1):
+            if self.recurrence == "paper":
+                z = torch.baddbmm(ax, h, wt)
+            else:
+                z = torch.bmm(h + ax, wt)
+            h = cap(torch.relu(z), self.k)
+            hist = hist * 2 + (h > 0).to(torch.int64)
+        return h, hist
+
+    def forward(self, x: torch.Tensor, W: torch.Tensor, U: torch.Tensor):
+        """x: [N, B, d] -> (logits [N, B, l], h_T [N, B, V], histories [N, B, V])."""
+        h, hist = self.hidden(x, W)
+        return torch.bmm(h, U.transpose(1, 2)), h, hist
+
+
+def make_networks(
+    n: int,
+    dim: int,
+    n_classes: int,
+    *,
+    neurons: int,
+    k: int,
+    p: float,
+    T: int,
+    seed: int,
+    recurrence: str = "paper",
+    input_weights: str = "normal",
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+    key: object = "networks",
+) -> Networks:
+    """Draw N independent networks (PAPER.md 1.1): graph and input masks Bernoulli(p), no
+    self-loops, input weights A ~ N(0, 1) (or all ones) times the input mask.
+
+    Network ``i`` is drawn from ``derive_seed(seed, key, i)``, so it does not depend on ``n``.
+    """
+    check_network_shape(neurons=neurons, k=k, p=p, T=T)
+    if recurrence not in RECURRENCES:
+        raise PlasticityError(f"unknown recurrence '{recurrence}': use one of {RECURRENCES}")
+    if input_weights not in INPUT_WEIGHTS:
+        raise PlasticityError(f"unknown input_weights '{input_weights}': use {INPUT_WEIGHTS}")
+    As, graphs = [], []
+    eye = torch.eye(neurons, dtype=torch.bool)
+    for i in range(n):
+        gen = torch_generator(seed, key, i)
+        in_mask = torch.rand(neurons, dim, generator=gen) < p
+        graph = (torch.rand(neurons, neurons, generator=gen) < p) & ~eye
+        a = torch.randn(neurons, dim, generator=gen, dtype=torch.float64)
+        if input_weights == "ones":
+            a = torch.ones_like(a)
+        As.append(a * in_mask)
+        graphs.append(graph)
+    A = torch.stack(As).to(device=device, dtype=dtype)
+    G = torch.stack(graphs).to(device=device, dtype=dtype)
+    return Networks(A, G, k, T, n_classes, recurrence)
+
+
+def check_network_shape(*, neurons: int, k: int, p: float, T: int) -> None:
+    """Refuse impossible network shapes with a one-line PlasticityError."""
+    if neurons < 1:
+        raise PlasticityError(f"neurons must be >= 1, got {neurons}")
+    if not 1 <= k <= neurons:
+        raise PlasticityError(f"cap k={k} must lie in [1, neurons={neurons}]: lower k")
+    if not 0.0 < p <= 1.0:
+        raise PlasticityError(f"edge probability p={p} must lie in (0, 1]")
+    if T < 1:
+        raise PlasticityError(f"rounds T={T} must be >= 1")
+    if T > 8:
+        raise PlasticityError(f"rounds T={T} is too large: a rule table has 4^T entries; use T <= 8")
+
+
+def accuracy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Fraction correct per network. logits: [N, B, l], y: [N, B] or [B] -> [N]."""
+    return (logits.argmax(-1) == y).to(torch.float64).mean(-1)

@@ -1,0 +1,271 @@
+"""The paper's studies as one-command runs: Fig. 3 (transfer grid), Table 2 (clean accuracy),
+Fig. 2 (rule vs GD against updates) and the last-layer theory (PAPER.md 5-6).
+
+Each study takes a preset (smoke | quick | paper) plus ``--set`` overrides of its own fields,
+writes ``result.json`` and ``report.md`` into its output folder, and returns the result dict.
+Paper numbers are reference values printed beside ours; nothing here copies them into results.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from . import PlasticityError
+from .config import BaselineConfig, MetaConfig, TrainConfig, from_dict, to_dict
+from .rules.io import atomic_write_text, save_rule
+
+SYNTHETIC = ("halfspace", "relu1", "relu2", "rnn")
+IMAGES = ("mnist", "fashion_mnist")
+
+# PAPER.md 5.2, read from the paper's Fig. 3 bar chart (+-1 point): {dataset: (small T=1,
+# large T=1, small T=3, large T=3)}.
+PAPER_FIG3 = {
+    "halfspace": (94, 97, 93, 97), "relu1": (83, 83, 82, 90), "relu2": (78, 81.5, 84, 89),
+    "rnn": (75, 76.5, 77, 84), "mnist": (75, 83.5, 71, 85.5),
+    "fashion_mnist": (64.5, 72, 64, 75.5),
+}
+FIG3_NETS = (("small", 1), ("large", 1), ("small", 3), ("large", 3))
+PAPER_TABLE2 = {"T=3": (87, 77), "T=1*": (93, 81), "T=1": (85, 70)}  # (MNIST, FMNIST) %
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    """Sizes of a study run (the fields its ``--set`` accepts)."""
+
+    seed: int = 0  # root seed
+    seeds: int = 3  # independent networks (graph, input weights, example order) per cell
+    meta_steps: int = 300  # meta-learning steps per learned rule
+    meta_episodes: int = 16  # E
+    meta_batch: int = 100  # B
+    n_train_synthetic: int = 0  # training examples on synthetic sets (0 = all 10,000)
+    n_train_images: int = 0  # training examples on MNIST / Fashion-MNIST (0 = all 60,000)
+    n_test: int = 0  # test examples (0 = all)
+    passes: int = 1  # passes over the training examples
+    small: int = 100  # |V| of "small" networks (k = |V| / 2)
+    large: int = 1000  # |V| of "large" networks
+    datasets: str = ",".join(SYNTHETIC + IMAGES)  # comma-separated data sets
+    dtype: str = "float32"
+
+    def __post_init__(self):
+        for name in ("seeds", "meta_steps", "meta_episodes", "meta_batch", "passes", "small",
+                     "large"):
+            if getattr(self, name) < 1:
+                raise PlasticityError(f"{name}={getattr(self, name)} must be >= 1")
+        from .data import DATASETS
+
+        for d in self.dataset_list:
+            if d not in DATASETS:
+                raise PlasticityError(f"unknown dataset '{d}' in datasets: use {', '.join(DATASETS)}")
+
+    @property
+    def dataset_list(self) -> list[str]:
+        return [d.strip() for d in self.datasets.split(",") if d.strip()]
+
+
+STUDY_PRESETS = {
+    "smoke": dict(seeds=2, meta_steps=4, meta_episodes=4, meta_batch=20, n_train_synthetic=400,
+                  n_train_images=400, n_test=300, small=20, large=40),
+    "quick": dict(seeds=3, meta_steps=150, n_train_synthetic=4000, n_train_images=6000,
+                  n_test=2000, large=400),
+    "paper": dict(seeds=3, meta_steps=400),
+}
+
+
+def _meta_cfg(sc: StudyConfig, **kw) -> MetaConfig:
+    base = dict(seed=sc.seed, episodes=sc.meta_episodes, batch=sc.meta_batch, steps=sc.meta_steps,
+                eval_every=max(sc.meta_steps, 1), eval_train=1000, eval_examples=1000,
+                dtype=sc.dtype)
+    base.update(kw)
+    return MetaConfig(**base)
+
+
+def _train_cfg(sc: StudyConfig, dataset: str, neurons: int, T: int, **kw) -> TrainConfig:
+    n_train = sc.n_train_images if dataset in IMAGES else sc.n_train_synthetic
+    base = dict(seed=sc.seed, dataset=dataset, neurons=neurons, k=max(1, neurons // 2), T=T,
+                networks=sc.seeds, passes=sc.passes, n_train=n_train, n_test=sc.n_test,
+                eval_every=10**9, eval_examples=1, dtype=sc.dtype)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def learn_fig3_rules(sc: StudyConfig, device, progress) -> dict:
+    """The two rules of Fig. 3: the output rule on Halfspace (small, T=1) and the RNN + output
+    rules on ReLU1 (small, T=3), both meta-learned by GD (PAPER.md 5.2)."""
+    from .data import load_dataset
+    from .meta import meta_train
+
+    k = max(1, sc.small // 2)
+    specs = {1: _meta_cfg(sc, dataset="halfspace", neurons=sc.small, k=k, T=1, learn="output"),
+             3: _meta_cfg(sc, dataset="relu1", neurons=sc.small, k=k, T=3, learn="both")}
+    rules = {}
+    for T, cfg in specs.items():
+        data = load_dataset(cfg.dataset, data_seed=cfg.data_seed)
+        rules[T] = meta_train(cfg, data, device=device, progress=progress)
+    return rules
+
+
+def study_fig3(sc: StudyConfig, device, out: Path, progress: bool) -> dict:
+    """Fig. 3: learned rules frozen, then training small/large x T=1/T=3 nets on six data sets."""
+    from .data import load_dataset
+    from .transfer import run_train
+
+    t0 = time.time()
+    learned = learn_fig3_rules(sc, device, progress)
+    for T, res in learned.items():
+        save_rule(res.rule, out / f"rule_T{T}.json")
+    cells = {}
+    for dataset in sc.dataset_list:
+        data = load_dataset(dataset)
+        for (size, T), paper in zip(FIG3_NETS, PAPER_FIG3[dataset]):
+            neurons = sc.small if size == "small" else sc.large
+            cfg = _train_cfg(sc, dataset, neurons, T)
+            res = run_train(cfg, learned[T].rule, device=device, data=data, progress=progress)
+            acc = res.test_accuracy * 100
+            cells[f"{dataset}/{size}/T={T}"] = {
+                "mean": float(acc.mean()), "std": float(acc.std()), "runs": acc.tolist(),
+                "paper": paper, "neurons": neurons}
+    return {"study": "fig3", "cells": cells, "seconds": time.time() - t0,
+            "rules": {f"T={T}": r.rule.output.table().tolist() for T, r in learned.items()},
+            "meta_final_loss": {f"T={T}": r.history[-1]["loss"] for T, r in learned.items()}}
+
+
+def report_fig3(result: dict) -> str:
+    lines = ["| data set | " + " | ".join(f"{s} T={T}" for s, T in FIG3_NETS) + " |",
+             "|---|" + "---|" * len(FIG3_NETS)]
+    datasets = sorted({k.split("/")[0] for k in result["cells"]}, key=list(PAPER_FIG3).index)
+    for d in datasets:
+        row = []
+        for s, T in FIG3_NETS:
+            c = result["cells"].get(f"{d}/{s}/T={T}")
+            row.append("-" if c is None else f"{c['mean']:.1f} ± {c['std']:.1f} ({c['paper']})")
+        lines.append(f"| {d} | " + " | ".join(row) + " |")
+    return ("Test accuracy %, mean ± std over networks/example orders (paper's value in "
+            "parentheses).\n\n" + "\n".join(lines) + "\n")
+
+
+def study_table2(sc: StudyConfig, device, out: Path, progress: bool) -> dict:
+    """Table 2 clean accuracy: |V|=1000, k=500, 2 passes; T=3 with an RNN rule (an MLP,
+    hidden 20) meta-learned on a |V|=200 net with the perceptron output rule fixed; T=1 with the
+    perceptron rule, input weights N(0,1) and all ones (the starred row)."""
+    from .data import load_dataset
+    from .meta import meta_train
+    from .rules import Rule
+    from .rules.classic import perceptron
+    from .transfer import run_train
+
+    t0 = time.time()
+    meta_n = max(2, sc.large // 5)
+    cfg = _meta_cfg(sc, dataset="mnist", neurons=meta_n, k=meta_n // 2, T=3, learn="rnn",
+                    rule_param="mlp", hidden=20, n_train=sc.n_train_images)
+    mnist = load_dataset("mnist")
+    rnn_rule = meta_train(cfg, mnist, device=device, progress=progress).rule
+    save_rule(rnn_rule, out / "rule_T3.json")
+    rows = {"T=3": (rnn_rule, 3, "normal"), "T=1*": (Rule(1, perceptron(1)), 1, "ones"),
+            "T=1": (Rule(1, perceptron(1)), 1, "normal")}
+    cells = {}
+    for dataset, col in (("mnist", 0), ("fashion_mnist", 1)):
+        data = mnist if dataset == "mnist" else load_dataset(dataset)
+        for name, (rule, T, inputs) in rows.items():
+            tc = _train_cfg(sc, dataset, sc.large, T, passes=2, input_weights=inputs)
+            acc = run_train(tc, rule, device=device, data=data, progress=progress).test_accuracy
+            acc = acc * 100
+            cells[f"{dataset}/{name}"] = {"mean": float(acc.mean()), "std": float(acc.std()),
+                                          "runs": acc.tolist(), "paper": PAPER_TABLE2[name][col]}
+    return {"study": "table2", "cells": cells, "seconds": time.time() - t0}
+
+
+def report_table2(result: dict) -> str:
+    lines = ["| row | MNIST | Fashion-MNIST |", "|---|---|---|"]
+    for name in PAPER_TABLE2:
+        row = []
+        for d in ("mnist", "fashion_mnist"):
+            c = result["cells"][f"{d}/{name}"]
+            row.append(f"{c['mean']:.1f} ± {c['std']:.1f} ({c['paper']})")
+        lines.append(f"| {name} | " + " | ".join(row) + " |")
+    return ("Clean test accuracy %, |V|=1000, k=500, 2 passes, mean ± std (paper in "
+            "parentheses).\n\n" + "\n".join(lines) + "\n")
+
+
+def study_fig2(sc: StudyConfig, device, out: Path, progress: bool) -> dict:
+    """Fig. 2: MNIST, T=1, |V|=1000: accuracy against updates for the meta-learned output rule
+    (Halfspace, small net) and the perceptron rule, and for output-layer GD (batch 1, 200)."""
+    from .baselines import train_baseline
+    from .data import load_dataset
+    from .meta import meta_train
+    from .rules import Rule
+    from .rules.classic import perceptron
+    from .transfer import run_train
+
+    t0 = time.time()
+    mnist = load_dataset("mnist")
+    hs = meta_train(_meta_cfg(sc, dataset="halfspace", neurons=sc.small, k=sc.small // 2, T=1),
+                    load_dataset("halfspace"), device=device, progress=progress)
+    every = 500 if sc.n_train_images in (0, 60000) or sc.n_train_images >= 10000 else 100
+    curves = {}
+    for name, rule in (("learned rule", hs.rule), ("perceptron rule", Rule(1, perceptron(1)))):
+        tc = _train_cfg(sc, "mnist", sc.large, 1, eval_every=every, eval_examples=sc.n_test or 10000)
+        res = run_train(tc, rule, device=device, data=mnist, progress=progress)
+        curves[name] = {"examples": res.examples, "updates": res.examples,
+                        "mean": (res.curve.mean(1) * 100).tolist(),
+                        "std": (res.curve.std(1) * 100).tolist(),
+                        "mistake_updates": res.updates.tolist()}
+    for batch in (1, 200):
+        bc = BaselineConfig(seed=sc.seed, dataset="mnist", neurons=sc.large, k=sc.large // 2, T=1,
+                            batch=batch, networks=sc.seeds, n_train=sc.n_train_images,
+                            n_test=sc.n_test, eval_every=every if batch == 1 else every * 20,
+                            eval_examples=sc.n_test or 10000, dtype=sc.dtype,
+                            passes=1 if batch == 1 else 5)
+        res = train_baseline(bc, mnist, device=device, progress=progress)
+        curves[f"GD batch {batch}"] = {"examples": res.examples, "updates": res.updates_at,
+                                       "mean": (res.curve.mean(1) * 100).tolist(),
+                                       "std": (res.curve.std(1) * 100).tolist()}
+    return {"study": "fig2", "curves": curves, "seconds": time.time() - t0}
+
+
+def _at(curve: dict, updates: int) -> str:
+    ups = np.asarray(curve["updates"])
+    i = int(np.searchsorted(ups, updates, side="right")) - 1
+    if i < 0:
+        return "-"
+    return f"{curve['mean'][i]:.1f} ± {curve['std'][i]:.1f} (at {ups[i]})"
+
+
+def report_fig2(result: dict) -> str:
+    marks = (500, 1000, 5000, 20000, 60000)
+    lines = ["| method | " + " | ".join(f"{m} updates" for m in marks) + " |",
+             "|---|" + "---|" * len(marks)]
+    for name, c in result["curves"].items():
+        lines.append(f"| {name} | " + " | ".join(_at(c, m) for m in marks) + " |")
+    return ("MNIST test accuracy %, T=1, mean ± std over networks. For rules an 'update' is an "
+            "example seen (weights change only on its mistakes); for GD an optimizer step.\n\n"
+            + "\n".join(lines) + "\n")
+
+
+STUDIES = {"fig3": (study_fig3, report_fig3), "table2": (study_table2, report_table2),
+           "fig2": (study_fig2, report_fig2)}
+
+
+def run_study(name: str, preset: str, sets: dict, *, seed, device, out: Path,
+              progress: bool) -> dict:
+    """Run study ``name`` with a preset and overrides; write result.json and report.md."""
+    if preset not in STUDY_PRESETS:
+        raise PlasticityError(f"unknown preset '{preset}': use one of {', '.join(STUDY_PRESETS)}")
+    d = {**STUDY_PRESETS[preset], **sets}
+    if seed is not None:
+        d["seed"] = seed
+    sc = from_dict(StudyConfig, d, where=f"study {name}")
+    fn, report = STUDIES[name]
+    out.mkdir(parents=True, exist_ok=True)
+    result = fn(sc, device, out, progress)
+    result.update(preset=preset, config=to_dict(sc), device=str(device))
+    text = f"# Study {name} (preset {preset}, seed {sc.seed})\n\n" + report(result)
+    atomic_write_text(out / "result.json", json.dumps(result, indent=1))
+    atomic_write_text(out / "report.md", text)
+    print(text)
+    return {**result, "report": str(out / "report.md")}
+
