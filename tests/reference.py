@@ -35,9 +35,19 @@ def keep_mask(z: np.ndarray, k: int) -> np.ndarray:
     return keep
 
 
-def forward_one(A, G, W, U, x, k: int, T: int, recurrence: str = "paper"):
+def cap_tie(z: np.ndarray, k: int, rel: float = 1e-9) -> bool:
+    """Whether the cap's boundary (k-th vs (k+1)-th largest of z >= 0) is a tie up to rounding:
+    then which neuron is kept depends on summation order, and no two codes need agree."""
+    if k >= z.shape[0]:
+        return False
+    v = np.sort(z)[::-1]
+    return bool(v[k] > 0 and v[k - 1] - v[k] <= rel * v[k - 1])
+
+
+def forward_one(A, G, W, U, x, k: int, T: int, recurrence: str = "paper", stats=None):
     """One example through one network. A [V, d], G [V, V], W [V, V], U [l, V], x [d]
-    -> (logits [l], h_T [V], hist [V] ints in [0, 2^T))."""
+    -> (logits [l], h_T [V], hist [V] ints in [0, 2^T)). ``stats["cap_ties"]`` (if given) counts
+    rounds whose cap boundary is a tie (see ``cap_tie``)."""
     WG = W * G
     ax = A @ x
     h = np.zeros(A.shape[0])
@@ -50,6 +60,8 @@ def forward_one(A, G, W, U, x, k: int, T: int, recurrence: str = "paper"):
         else:
             z = WG @ (h + ax)
         z = np.maximum(z, 0.0)
+        if stats is not None and cap_tie(z, k):
+            stats["cap_ties"] = stats.get("cap_ties", 0) + 1
         keep = keep_mask(z, k)
         h = np.where(keep, z, 0.0)
         fired = keep & (z > 0)
@@ -96,15 +108,15 @@ def fresh(V: int, n_classes: int, G, mode: str):
 
 def train_one(A, G, k, T, n_classes, rnn_table, out_table, x, y, order, *, eta=0.01,
               mode="additive", update_on="mistakes", output_rows="label_pred",
-              recurrence="paper"):
+              recurrence="paper", stats=None):
     """Rule-based training of ONE network on the examples ``order`` (one at a time).
 
-    Returns (W, U, number of updates)."""
+    Returns (W, U, number of updates); ``stats`` as in ``forward_one``."""
     V = A.shape[0]
     W, U = fresh(V, n_classes, G, mode)
     updates = 0
     for idx in order:
-        logits, _, hist = forward_one(A, G, W, U, x[idx], k, T, recurrence)
+        logits, _, hist = forward_one(A, G, W, U, x[idx], k, T, recurrence, stats)
         pred = first_argmax(logits)
         if update_on == "mistakes" and pred == y[idx]:
             continue
@@ -128,19 +140,21 @@ def numpy64(t: torch.Tensor) -> np.ndarray:
 def train_all(nets, rnn_table, out_table, x, y, order, **kw):
     """``train_one`` for every network of an engine ``Networks`` batch, in a Python loop.
 
-    Returns (W [N, V, V], U [N, l, V], updates [N]) as numpy float64."""
+    Returns (W [N, V, V], U [N, l, V], updates [N], cap ties seen [N]) as numpy arrays."""
     xs, ys, orders = numpy64(x), y.cpu().numpy(), order.cpu().numpy()
     rt = None if rnn_table is None else numpy64(rnn_table)
     ot = numpy64(out_table)
-    Ws, Us, ups = [], [], []
+    Ws, Us, ups, ties = [], [], [], []
     for n in range(nets.n):
+        stats: dict = {}
         W, U, u = train_one(numpy64(nets.A[n]), numpy64(nets.graph[n]), nets.k, nets.T,
                             nets.n_classes, rt, ot, xs, ys, orders[n],
-                            recurrence=nets.recurrence, **kw)
+                            recurrence=nets.recurrence, stats=stats, **kw)
         Ws.append(W)
         Us.append(U)
         ups.append(u)
-    return np.stack(Ws), np.stack(Us), np.array(ups)
+        ties.append(stats.get("cap_ties", 0))
+    return np.stack(Ws), np.stack(Us), np.array(ups), np.array(ties)
 
 
 # ------------------------------------------------------------------------------ rule tables

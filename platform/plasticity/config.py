@@ -97,6 +97,8 @@ class MetaConfig(Common):
     lr: float = 1e-2  # Adam learning rate
     weight_decay: float = 0.01  # Adam (L2) weight decay
     checkpoint_every: int = 0  # recompute-in-backward segment length (0 = store everything)
+    horizon: int = 0  # examples an episode's network keeps learning across steps, gradient
+    #                   truncated at each step (0 = fresh weights every step, the paper)
     resample_networks: bool = False  # draw new networks every step (else E fixed networks)
     eval_every: int = 50  # steps between evaluations by rule-based training
     eval_train: int = 2000  # training examples for those evaluations
@@ -112,7 +114,10 @@ class MetaConfig(Common):
         _positive(self, "hidden", "episodes", "batch", "steps", "lr", "eval_every", "eval_train",
                   "eval_examples")
         _positive(self, "weight_decay", "checkpoint_every", "rnn_init", "output_init",
-                  allow_zero=True)
+                  "horizon", allow_zero=True)
+        if self.horizon > 0 and self.resample_networks:
+            raise PlasticityError("horizon > 0 keeps networks across steps: it cannot be combined "
+                                  "with resample_networks=true")
         if self.learn != "output" and self.T < 2:
             raise PlasticityError(f"learn={self.learn} needs T >= 2: with T=1 there is no "
                                   "recurrent step")

@@ -47,9 +47,12 @@ def unroll(nets: Networks, W, U, rnn_table, out_table, xs, ys, *, eta: float, mo
 
 
 def episode_loss(nets: Networks, rnn_table, out_table, xs, ys, *, eta, mode, scheme,
-                 checkpoint_every: int = 0) -> torch.Tensor:
-    """Mean cross-entropy, after learning each episode's examples, on those same examples."""
-    W, U = nets.fresh_weights(mode)
+                 checkpoint_every: int = 0, start=None, return_state: bool = False):
+    """Mean cross-entropy, after learning each episode's examples, on those same examples.
+
+    Learning starts from fresh weights, or from ``start = (W, U)`` (a network that has already
+    learned, see ``MetaConfig.horizon``). With ``return_state`` also returns the final (W, U)."""
+    W, U = nets.fresh_weights(mode) if start is None else start
     B = xs.shape[1]
     seg = checkpoint_every if checkpoint_every > 0 else B
     for s in range(0, B, seg):
@@ -61,7 +64,8 @@ def episode_loss(nets: Networks, rnn_table, out_table, xs, ys, *, eta, mode, sch
             W, U = unroll(nets, W, U, rnn_table, out_table, xseg, yseg, eta=eta, mode=mode,
                           scheme=scheme)
     logits, _, _ = nets.forward(xs, W, U)
-    return torch.nn.functional.cross_entropy(logits.flatten(0, 1), ys.flatten())
+    loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), ys.flatten())
+    return (loss, (W, U)) if return_state else loss
 
 
 def _segment(nets, W, U, rnn_table, out_table, xs, ys, eta, mode, scheme):
@@ -148,14 +152,18 @@ def meta_train(cfg: MetaConfig, data, *, device="cpu", fixed_rnn: LayerRule | No
     provenance = {"method": "gd", "dataset": cfg.dataset, "config": to_dict(cfg)}
     result = MetaResult(params.rule(provenance))
     bar = _bar(cfg.steps, progress)
+    lives = _Lives(cfg, nets)
     for step in range(1, cfg.steps + 1):
         if cfg.resample_networks:
             nets = make_networks(cfg.episodes, data.dim, data.n_classes,
                                  key=("meta-networks", step), **net_args)
         idx = next(batches)
         rnn_t, out_t = params.tables(dtype)
-        loss = episode_loss(nets, rnn_t, out_t, x_tr[idx], y_tr[idx], eta=cfg.eta, mode=cfg.mode,
-                            scheme=scheme, checkpoint_every=cfg.checkpoint_every)
+        loss, state = episode_loss(nets, rnn_t, out_t, x_tr[idx], y_tr[idx], eta=cfg.eta,
+                                   mode=cfg.mode, scheme=scheme,
+                                   checkpoint_every=cfg.checkpoint_every,
+                                   start=lives.start(nets), return_state=True)
+        lives.keep(state)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         grads = [p.grad for p in params.parameters() if p.grad is not None]
@@ -196,6 +204,40 @@ def evaluate_rule(cfg, rule: Rule, data, device, *, n_train: int, n_test: int,
     res = train_with_rule(nets, rule, x_tr, y_tr, x_te, y_te, order=order, eta=cfg.eta,
                           eval_every=x_tr.shape[0], eval_examples=1)
     return float(np.mean(res.test_accuracy))
+
+
+class _Lives:
+    """Truncated long episodes (``MetaConfig.horizon``): episode slot e keeps its learned weights
+    across steps (detached: the gradient is truncated at the step boundary) until it has seen
+    ``horizon`` examples, then restarts from fresh weights. Slots are staggered so every step
+    sees networks of all ages. With horizon = 0 every step starts fresh (the paper)."""
+
+    def __init__(self, cfg: MetaConfig, nets: Networks):
+        self.cfg = cfg
+        self.span = max(1, -(-cfg.horizon // cfg.batch)) if cfg.horizon > 0 else 1
+        self.age = [(e * self.span) // cfg.episodes for e in range(cfg.episodes)]
+        self.state = None
+
+    def start(self, nets: Networks):
+        if self.span == 1 or self.state is None:
+            return None if self.span == 1 else self._fresh_all(nets)
+        W, U = self.state
+        reset = torch.tensor([a == 0 for a in self.age], device=W.device)
+        if reset.any():
+            W0, U0 = nets.fresh_weights(self.cfg.mode)
+            W = torch.where(reset.view(-1, 1, 1), W0, W)
+            U = torch.where(reset.view(-1, 1, 1), U0, U)
+        return W, U
+
+    def _fresh_all(self, nets):
+        # first step: slots of age a > 0 start at age 0 too (their stagger then persists)
+        return nets.fresh_weights(self.cfg.mode)
+
+    def keep(self, state) -> None:
+        if self.span == 1:
+            return
+        self.state = (state[0].detach(), state[1].detach())
+        self.age = [(a + 1) % self.span for a in self.age]
 
 
 def _tensors(cfg, data, device, dtype):

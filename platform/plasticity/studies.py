@@ -9,6 +9,8 @@ Paper numbers are reference values printed beside ours; nothing here copies them
 from __future__ import annotations
 
 import json
+import math
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +44,8 @@ class StudyConfig:
     meta_steps: int = 300  # meta-learning steps per learned rule
     meta_episodes: int = 16  # E
     meta_batch: int = 100  # B
+    meta_horizon: int = 10000  # T=3 rules: examples a meta-training network keeps learning
+    #                            (MetaConfig.horizon; 0 = the paper's fresh start every step)
     n_train_synthetic: int = 0  # training examples on synthetic sets (0 = all 10,000)
     n_train_images: int = 0  # training examples on MNIST / Fashion-MNIST (0 = all 60,000)
     n_test: int = 0  # test examples (0 = all)
@@ -50,6 +54,7 @@ class StudyConfig:
     large: int = 1000  # |V| of "large" networks
     datasets: str = ",".join(SYNTHETIC + IMAGES)  # comma-separated data sets
     dtype: str = "float32"
+    starts: int = 10  # theory study: random starts of the Theorem 1 experiment
 
     def __post_init__(self):
         for name in ("seeds", "meta_steps", "meta_episodes", "meta_batch", "passes", "small",
@@ -68,12 +73,18 @@ class StudyConfig:
 
 
 STUDY_PRESETS = {
-    "smoke": dict(seeds=2, meta_steps=4, meta_episodes=4, meta_batch=20, n_train_synthetic=400,
+    "smoke": dict(seeds=2, meta_steps=4, meta_episodes=4, meta_batch=20, meta_horizon=200,
+                  n_train_synthetic=400,
                   n_train_images=400, n_test=300, small=20, large=40),
     "quick": dict(seeds=3, meta_steps=150, n_train_synthetic=4000, n_train_images=6000,
                   n_test=2000, large=400),
     "paper": dict(seeds=3, meta_steps=400),
 }
+
+
+def _log(msg: str, t0: float) -> None:
+    """One progress line on stderr (stdout stays for results)."""
+    print(f"[{time.time() - t0:7.1f}s] {msg}", file=sys.stderr, flush=True)
 
 
 def _meta_cfg(sc: StudyConfig, **kw) -> MetaConfig:
@@ -101,7 +112,8 @@ def learn_fig3_rules(sc: StudyConfig, device, progress) -> dict:
 
     k = max(1, sc.small // 2)
     specs = {1: _meta_cfg(sc, dataset="halfspace", neurons=sc.small, k=k, T=1, learn="output"),
-             3: _meta_cfg(sc, dataset="relu1", neurons=sc.small, k=k, T=3, learn="both")}
+             3: _meta_cfg(sc, dataset="relu1", neurons=sc.small, k=k, T=3, learn="both",
+                          horizon=sc.meta_horizon)}
     rules = {}
     for T, cfg in specs.items():
         data = load_dataset(cfg.dataset, data_seed=cfg.data_seed)
@@ -118,6 +130,7 @@ def study_fig3(sc: StudyConfig, device, out: Path, progress: bool) -> dict:
     learned = learn_fig3_rules(sc, device, progress)
     for T, res in learned.items():
         save_rule(res.rule, out / f"rule_T{T}.json")
+        _log(f"meta-learned T={T} rule: final loss {res.history[-1]['loss']:.3f}", t0)
     cells = {}
     for dataset in sc.dataset_list:
         data = load_dataset(dataset)
@@ -126,9 +139,10 @@ def study_fig3(sc: StudyConfig, device, out: Path, progress: bool) -> dict:
             cfg = _train_cfg(sc, dataset, neurons, T)
             res = run_train(cfg, learned[T].rule, device=device, data=data, progress=progress)
             acc = res.test_accuracy * 100
-            cells[f"{dataset}/{size}/T={T}"] = {
-                "mean": float(acc.mean()), "std": float(acc.std()), "runs": acc.tolist(),
-                "paper": paper, "neurons": neurons}
+            key = f"{dataset}/{size}/T={T}"
+            cells[key] = {"mean": float(acc.mean()), "std": float(acc.std()),
+                          "runs": acc.tolist(), "paper": paper, "neurons": neurons}
+            _log(f"{key}: {acc.mean():.1f} ± {acc.std():.1f} (paper {paper})", t0)
     return {"study": "fig3", "cells": cells, "seconds": time.time() - t0,
             "rules": {f"T={T}": r.rule.output.table().tolist() for T, r in learned.items()},
             "meta_final_loss": {f"T={T}": r.history[-1]["loss"] for T, r in learned.items()}}
@@ -161,7 +175,8 @@ def study_table2(sc: StudyConfig, device, out: Path, progress: bool) -> dict:
     t0 = time.time()
     meta_n = max(2, sc.large // 5)
     cfg = _meta_cfg(sc, dataset="mnist", neurons=meta_n, k=meta_n // 2, T=3, learn="rnn",
-                    rule_param="mlp", hidden=20, n_train=sc.n_train_images)
+                    rule_param="mlp", hidden=20, n_train=sc.n_train_images,
+                    horizon=sc.meta_horizon)
     mnist = load_dataset("mnist")
     rnn_rule = meta_train(cfg, mnist, device=device, progress=progress).rule
     save_rule(rnn_rule, out / "rule_T3.json")
@@ -176,6 +191,7 @@ def study_table2(sc: StudyConfig, device, out: Path, progress: bool) -> dict:
             acc = acc * 100
             cells[f"{dataset}/{name}"] = {"mean": float(acc.mean()), "std": float(acc.std()),
                                           "runs": acc.tolist(), "paper": PAPER_TABLE2[name][col]}
+            _log(f"{dataset}/{name}: {acc.mean():.1f} ± {acc.std():.1f}", t0)
     return {"study": "table2", "cells": cells, "seconds": time.time() - t0}
 
 
@@ -214,16 +230,19 @@ def study_fig2(sc: StudyConfig, device, out: Path, progress: bool) -> dict:
                         "mean": (res.curve.mean(1) * 100).tolist(),
                         "std": (res.curve.std(1) * 100).tolist(),
                         "mistake_updates": res.updates.tolist()}
+    n_train = sc.n_train_images or mnist.x_train.shape[0]
     for batch in (1, 200):
+        # batch 200 runs as many passes as it takes to make 5,000 optimizer steps
+        passes = 1 if batch == 1 else math.ceil(5000 * batch / n_train)
         bc = BaselineConfig(seed=sc.seed, dataset="mnist", neurons=sc.large, k=sc.large // 2, T=1,
                             batch=batch, networks=sc.seeds, n_train=sc.n_train_images,
-                            n_test=sc.n_test, eval_every=every if batch == 1 else every * 20,
-                            eval_examples=sc.n_test or 10000, dtype=sc.dtype,
-                            passes=1 if batch == 1 else 5)
+                            n_test=sc.n_test, eval_every=every * (1 if batch == 1 else 20),
+                            eval_examples=sc.n_test or 10000, dtype=sc.dtype, passes=passes)
         res = train_baseline(bc, mnist, device=device, progress=progress)
         curves[f"GD batch {batch}"] = {"examples": res.examples, "updates": res.updates_at,
                                        "mean": (res.curve.mean(1) * 100).tolist(),
                                        "std": (res.curve.std(1) * 100).tolist()}
+        _log(f"GD batch {batch}: {res.test_accuracy.mean() * 100:.1f}", t0)
     return {"study": "fig2", "curves": curves, "seconds": time.time() - t0}
 
 
@@ -246,8 +265,81 @@ def report_fig2(result: dict) -> str:
             + "\n".join(lines) + "\n")
 
 
+def study_theory(sc: StudyConfig, device, out: Path, progress: bool) -> dict:
+    """PAPER.md 6.1-6.5: Theorem 1 (additive and multiplicative 2x2 output rules meta-learned from
+    random starts), Theorem 3 (mistakes of [-a, a; b, -b] against the bound) and the closed-form
+    MSE-optimal output rule (engine-trained with the every-example, all-rows scheme)."""
+    from .data import load_dataset
+    from .learning import example_orders, train_with_rule
+    from .network import make_networks
+    from .seeding import torch_generator
+    from .theory import mse_optimal_output_rule, theorem1_experiment, theorem3_experiment
+
+    t0 = time.time()
+    hs = load_dataset("halfspace")
+    small = max(2, sc.small)
+    thm1 = {}
+    for mode, starts in (("additive", sc.starts), ("multiplicative", max(1, sc.starts // 2))):
+        cfg = _meta_cfg(sc, dataset="halfspace", neurons=small, k=small // 2, T=1, mode=mode,
+                        episodes=4, eval_every=sc.meta_steps, n_train=sc.n_train_synthetic)
+        thm1[mode] = theorem1_experiment(cfg, hs, starts, device=device)
+        _log(f"Theorem 1 {mode}: {thm1[mode]['perceptron_count']}/{starts} perceptron pattern, "
+             f"{thm1[mode]['difference_perceptron_count']}/{starts} in the column difference", t0)
+    thm3 = [theorem3_experiment(20, gamma, a, b, examples=1000, seed=sc.seed, runs=5)
+            for gamma in (0.5, 0.2) for a, b in ((1.0, 1.0), (1.0, 2.0), (0.5, 2.0))]
+    mse = {}
+    for dataset in ("halfspace", "mnist"):
+        data = hs if dataset == "halfspace" else load_dataset(dataset)
+        n_tr = (sc.n_train_images if dataset == "mnist" else sc.n_train_synthetic) or \
+            data.x_train.shape[0]
+        n_te = sc.n_test or data.x_test.shape[0]
+        x_tr, y_tr = data.x_train[:n_tr].double(), data.y_train[:n_tr]
+        nets = make_networks(1, data.dim, data.n_classes, neurons=sc.large, k=sc.large // 2,
+                             p=0.5, T=1, seed=sc.seed, dtype=x_tr.dtype)
+        layer, info = mse_optimal_output_rule(nets, x_tr, y_tr)
+        order = example_orders(1, n_tr, 1, torch_generator(sc.seed, "theory-order"))
+        res = train_with_rule(nets, info["rule"], x_tr, y_tr, data.x_test[:n_te].double(),
+                              data.y_test[:n_te], order=order, eval_every=n_tr, eval_examples=1)
+        mse[dataset] = {"table": layer.table().tolist(), "mse": info["mse"],
+                        "accuracy": float(res.test_accuracy[0] * 100), "neurons": sc.large}
+        _log(f"MSE-optimal rule on {dataset}: {mse[dataset]['accuracy']:.1f}%", t0)
+    return {"study": "theory", "theorem1": thm1, "theorem3": thm3, "mse_optimal": mse,
+            "seconds": time.time() - t0}
+
+
+def _fmt_table(t) -> str:
+    return "[" + "; ".join(", ".join(f"{v:+.3g}" for v in row) for row in t) + "]"
+
+
+def report_theory(result: dict) -> str:
+    lines = ["## Theorem 1: 2x2 output rules meta-learned by GD from random N(0,1) starts", "",
+             "| mode | starts | perceptron pattern [-,+;+,-] | column difference d[0] < 0 < d[1] "
+             "| Winnow fired row (r[1,0] > 0 > r[1,1], not-fired row smaller) | patterns |",
+             "|---|---|---|---|---|---|"]
+    for mode, r in result["theorem1"].items():
+        n = len(r["starts"])
+        lines.append(f"| {mode} | {n} | {r['perceptron_count']}/{n} | "
+                     f"{r['difference_perceptron_count']}/{n} | {r['winnow_count']}/{n} | "
+                     f"{r['patterns']} |")
+    lines += ["", "Final tables (rows: not fired / fired; columns: label row / predicted row):", ""]
+    for mode, r in result["theorem1"].items():
+        for run in r["starts"][:3]:
+            lines.append(f"- {mode}, seed {run['seed']}: {_fmt_table(run['final'])}")
+    lines += ["", "## Theorem 3: mistakes of r = [-a, a; b, -b] on separable data (n = 20)", "",
+              "| gamma | a | b | bound 2b²n/(a²γ²) | mistakes (5 tasks) | all converged |",
+              "|---|---|---|---|---|---|"]
+    for r in result["theorem3"]:
+        lines.append(f"| {r['gamma']} | {r['a']} | {r['b']} | {r['bound']:.0f} | "
+                     f"{r['mistakes']} | {all(r['converged'])} |")
+    lines += ["", "## Closed-form MSE-optimal output rule (every example, all rows)", "",
+              "| data set | |V| | table | test accuracy % |", "|---|---|---|---|"]
+    for d, r in result["mse_optimal"].items():
+        lines.append(f"| {d} | {r['neurons']} | {_fmt_table(r['table'])} | {r['accuracy']:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
 STUDIES = {"fig3": (study_fig3, report_fig3), "table2": (study_table2, report_table2),
-           "fig2": (study_fig2, report_fig2)}
+           "fig2": (study_fig2, report_fig2), "theory": (study_theory, report_theory)}
 
 
 def run_study(name: str, preset: str, sets: dict, *, seed, device, out: Path,

@@ -47,9 +47,9 @@ def update_counts(nets: Networks, x: torch.Tensor, y: torch.Tensor) -> torch.Ten
     [y_i != c] = b}, i.e. how often the engine adds r(a, b) to U[c, v] over one pass of x [n, d],
     y [n] under Scheme("all", "all"). Uses the 0/1 history indicator: the engine adds r(hist)
     whatever the activation value."""
-    S_T, l = 2**nets.T, nets.n_classes
-    y1 = torch.nn.functional.one_hot(y, l).to(nets.A.device, torch.float64)  # [n, l]
-    label = nets.A.new_zeros(nets.n, l, nets.neurons, S_T, dtype=torch.float64)
+    S_T, n_cls = 2**nets.T, nets.n_classes
+    y1 = torch.nn.functional.one_hot(y, n_cls).to(nets.A.device, torch.float64)  # [n, l]
+    label = nets.A.new_zeros(nets.n, n_cls, nets.neurons, S_T, dtype=torch.float64)
     total = nets.A.new_zeros(nets.n, nets.neurons, S_T, dtype=torch.float64)
     for s, _, hist in _fixed_hidden(nets, x):
         onehot = torch.nn.functional.one_hot(hist, S_T).to(torch.float64)  # [N, c, V, S_T]
@@ -67,7 +67,8 @@ def closed_form_weights(nets: Networks, rule_table: LayerRule | torch.Tensor, x:
                         y: torch.Tensor, eta: float = 0.01) -> torch.Tensor:
     """PAPER.md 6.5: final output weights after one pass of x [n, d], y [n] in ANY order with
     Scheme("all", "all"), additive, U starting at 0 and no RNN rule (W = 0):
-    U[c, v] = eta * sum_{a,b} r(a, b) S[c, v, a, b].  rule_table: [S_T, 2] -> U [N, l, V] float64."""
+    U[c, v] = eta * sum_{a,b} r(a, b) S[c, v, a, b].
+    rule_table: [S_T, 2] -> U [N, l, V] float64."""
     r = _table(rule_table).to(nets.A.device)
     return eta * torch.einsum("ncvab,ab->ncv", update_counts(nets, x, y), r)
 
@@ -94,18 +95,21 @@ def mse_optimal_output_rule(nets: Networks, x: torch.Tensor, y: torch.Tensor, *,
     F[j, c, p] = eta * h_T(x_j) . S[c, :, p]; the loss is affine-quadratic in r, so its minimiser
     solves a (2 S_T) x (2 S_T) linear system (Theorem 2's convexity, made exact by this scheme).
     One rule is fitted to all N networks jointly (N = 1: the paper's single network).
+    Null directions get the minimum-norm answer (``gelsd``): histories that never occur, and,
+    when every class has exactly n / l examples, r(a, b) = u_b with u_1 = -u_0 / (l - 1), which
+    adds u_0 n_c + u_1 (n - n_c) = 0 to every weight (then ``rank`` = 2 S_T - 1).
     Returns the rule and info {mse, mse_per_network, rank, singular_values, rule (a Rule with
     Scheme("all", "all"), ready for ``train_with_rule``)}."""
     S = update_counts(nets, x, y)  # [N, l, V, S_T, 2]
-    N, l, V = S.shape[:3]
+    N, n_cls, V = S.shape[:3]
     P = S.shape[-2] * S.shape[-1]
-    S = S.reshape(N, l, V, P).permute(0, 2, 1, 3).reshape(N, V, l * P)
+    S = S.reshape(N, n_cls, V, P).permute(0, 2, 1, 3).reshape(N, V, n_cls * P)
     feats, targets = [], []
     for s, h, _ in _fixed_hidden(nets, x):
         c = h.shape[1]
-        feats.append((eta * torch.bmm(h, S)).reshape(N, c * l, P))  # rows (j, c)
-        targets.append(torch.nn.functional.one_hot(y[s:s + c].to(h.device), l)
-                       .to(torch.float64).reshape(1, c * l).expand(N, -1))
+        feats.append((eta * torch.bmm(h, S)).reshape(N, c * n_cls, P))  # rows (j, c)
+        targets.append(torch.nn.functional.one_hot(y[s:s + c].to(h.device), n_cls)
+                       .to(torch.float64).reshape(1, c * n_cls).expand(N, -1))
     F = torch.cat(feats, 1).reshape(-1, P).cpu()
     t = torch.cat(targets, 1).reshape(-1, 1).cpu()
     sol = torch.linalg.lstsq(F, t, driver="gelsd")
@@ -142,10 +146,17 @@ def theorem1_experiment(cfg: MetaConfig, data, starts: int, *, output_init: floa
       Table 1, fired row r[1, 0] > 0 > r[1, 1] ("fired_row_winnow"), and additionally the
       not-fired row smaller in magnitude than both fired entries ("winnow")?
 
-    Returns {mode, scheme, starts: [{seed, initial, final, pattern, perceptron, fired_row_winnow,
-    winnow, loss_first, loss_last, accuracy}], perceptron_count, winnow_count,
-    fired_row_winnow_count, patterns (pattern -> count)}. Nothing is forced: the counts are what
-    GD found."""
+    With two classes and the default scheme (label and predicted rows) the episode, its mistakes
+    and its cross-entropy depend on the table only through the column difference
+    d[a] = r[a, 0] - r[a, 1]: the common part (r[a, 0] + r[a, 1]) / 2 is added to both output
+    rows alike and cancels in the softmax, so only the L2 term (``weight_decay``) moves it and it
+    decays slowly. Hence both the raw sign pattern and the identifiable one, d[0] < 0 < d[1]
+    ("difference_perceptron"), are reported.
+
+    Returns {mode, scheme, starts: [{seed, initial, final, pattern, perceptron, difference,
+    common, difference_perceptron, fired_row_winnow, winnow, loss_first, loss_last, accuracy}],
+    perceptron_count, difference_perceptron_count, winnow_count, fired_row_winnow_count,
+    patterns (pattern -> count)}. Nothing is forced: the counts are what GD found."""
     if cfg.T != 1 or cfg.rule_param != "table" or cfg.learn != "output":
         raise PlasticityError("theorem1_experiment needs T=1, rule_param=table, learn=output")
     runs = []
@@ -156,10 +167,13 @@ def theorem1_experiment(cfg: MetaConfig, data, starts: int, *, output_init: floa
         final = res.rule.output.table()
         signs = tuple(tuple(int(v) for v in row) for row in torch.sign(final).tolist())
         fired_row = bool(final[1, 0] > 0 > final[1, 1])
+        diff = final[:, 0] - final[:, 1]
         acc = [h["accuracy"] for h in res.history if "accuracy" in h]
         runs.append({
             "seed": cfg_s.seed, "initial": initial.tolist(), "final": final.tolist(),
             "pattern": sign_pattern(final), "perceptron": signs == PERCEPTRON_SIGNS,
+            "difference": diff.tolist(), "common": ((final[:, 0] + final[:, 1]) / 2).tolist(),
+            "difference_perceptron": bool(diff[0] < 0 < diff[1]),
             "fired_row_winnow": fired_row,
             "winnow": fired_row and bool(final[0].abs().max() < final[1].abs().min()),
             "loss_first": res.history[0]["loss"], "loss_last": res.history[-1]["loss"],
@@ -168,6 +182,7 @@ def theorem1_experiment(cfg: MetaConfig, data, starts: int, *, output_init: floa
     return {
         "mode": cfg.mode, "scheme": (cfg.update_on, cfg.output_rows), "starts": runs,
         "perceptron_count": sum(r["perceptron"] for r in runs),
+        "difference_perceptron_count": sum(r["difference_perceptron"] for r in runs),
         "winnow_count": sum(r["winnow"] for r in runs),
         "fired_row_winnow_count": sum(r["fired_row_winnow"] for r in runs),
         "patterns": dict(Counter(r["pattern"] for r in runs)),
@@ -211,7 +226,7 @@ def theorem3_experiment(n: int, gamma: float, a: float, b: float, *, examples: i
 
     Returns {n, gamma, a, b, bound = 2 b^2 n / (a^2 gamma^2), mistakes [R], converged [R],
     passes [R], margin [R] (the sample's actual min |w* . x|), bound_at_margin [R],
-    within_bound [R], train_accuracy [R]}."""
+    within_bound [R], train_accuracy [R]}; ``passes`` counts the final mistake-free pass."""
     if not 0 < a <= b:
         raise PlasticityError(f"Theorem 3 needs b >= a > 0, got a={a}, b={b}")
     gen = torch_generator(seed, "theorem3", n, gamma)
@@ -237,7 +252,7 @@ def theorem3_experiment(n: int, gamma: float, a: float, b: float, *, examples: i
             first = wrong.to(torch.int8).argmax(1)
             rows = has.nonzero().squeeze(1)
             xr, yr = X[rows, first[rows]], y[rows, first[rows]].unsqueeze(1)
-            w[rows] += yr * torch.where(xr > 0, b, -a)
+            w[rows] += yr * torch.where(xr > 0, xr.new_full((), b), xr.new_full((), -a))  # float64
             mistakes[rows] += 1
             clean[rows] = False
             pos = torch.where(has, first + 1, m)

@@ -1,0 +1,111 @@
+"""The `plasticity` command: shared flags, JSON output, and one-line errors with exit code 2."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from plasticity.cli import main, run
+
+
+def cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run `python -m plasticity ARGS` as a user would."""
+    return subprocess.run([sys.executable, "-m", "plasticity", *args], capture_output=True,
+                          text=True, timeout=300, env={**os.environ, **(env or {})})
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    for n in needles:
+        assert n in lines[0], lines[0]
+
+
+def in_process(capsys, *args: str) -> subprocess.CompletedProcess:
+    """Run the console entry point in this process (fast); same result shape as `cli`."""
+    with pytest.raises(SystemExit) as exc:
+        main(list(args))
+    cap = capsys.readouterr()
+    return subprocess.CompletedProcess(args, exc.value.code, cap.out, cap.err)
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["train", "--set", "bogus=1"], "unknown train config key 'bogus'"),
+    (["train", "--set", "k=500"], "k=500"),
+    (["train", "--set", "T=0"], "T=0"),
+    (["meta-train", "--set", "p=0"], "p=0"),
+    (["meta-train", "--set", "p=1.5"], "p=1.5"),
+    (["baseline", "--set", "neurons=abc"], "neurons"),
+    (["train", "--preset", "nope"], "unknown preset 'nope'"),
+    (["train", "--set", "noequals"], "key=value"),
+    (["train", "--set", "dataset=cifar", "--preset", "smoke"], "unknown dataset 'cifar'"),
+    (["study", "fig3", "--set", "seeds=0"], "seeds=0"),
+])
+def test_bad_input_is_one_line_exit_2(args, needle, capsys):
+    assert_one_line_error(in_process(capsys, *args), needle)
+
+
+def test_bad_input_from_a_real_process():
+    assert_one_line_error(cli("train", "--set", "bogus=1"), "unknown train config key 'bogus'")
+
+
+def test_missing_data_root_is_one_line_exit_2(tmp_path):
+    proc = cli("train", "--preset", "smoke", "--set", "dataset=mnist",
+               env={"PLASTICITY_DATA": str(tmp_path / "nowhere")})
+    assert_one_line_error(proc, "train-images-idx3-ubyte", "prepare-data")
+
+
+def test_malformed_rule_file_is_one_line_exit_2(tmp_path, capsys):
+    bad = tmp_path / "rule.json"
+    bad.write_text('{"format": "plasticity-rule", "version": 1, "T": 1, "output": {"par')
+    assert_one_line_error(in_process(capsys, "train", "--preset", "smoke", "--rule", str(bad)),
+                          str(bad))
+
+
+def test_rule_of_wrong_T_is_refused(tmp_path, capsys):
+    out = tmp_path / "mt"
+    assert run(["meta-train", "--preset", "smoke", "--out", str(out), "--no-progress"]) == 0
+    capsys.readouterr()
+    assert_one_line_error(
+        in_process(capsys, "train", "--preset", "smoke", "--set", "T=3", "--rule",
+                   str(out / "rule.json")), "T=1", "T=3")
+
+
+def test_meta_train_then_train_with_learned_rule_json(tmp_path, capsys):
+    out = tmp_path / "mt"
+    assert run(["meta-train", "--preset", "smoke", "--out", str(out), "--no-progress",
+                "--json"]) == 0
+    meta = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    rule_path = Path(meta["rule"])
+    assert rule_path.exists() and meta["skipped_steps"] == 0
+    assert run(["train", "--preset", "smoke", "--rule", str(rule_path), "--out",
+                str(tmp_path / "tr"), "--no-progress", "--json", "--seed", "3"]) == 0
+    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert res["config"]["seed"] == 3 and res["config"]["rule"] == str(rule_path)
+    assert res["rule_provenance"]["method"] == "gd"
+    assert 0.6 < res["test_accuracy_mean"] <= 1.0  # halfspace, well above chance (0.5)
+    assert (tmp_path / "tr" / "result.json").exists()
+
+
+def test_baseline_json(tmp_path, capsys):
+    assert run(["baseline", "--preset", "smoke", "--out", str(tmp_path), "--no-progress",
+                "--json", "--set", "batch=20"]) == 0
+    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert res["command"] == "baseline" and res["test_accuracy_mean"] > 0.6
+    assert res["curve"]["updates"][-1] == 600 // 20
+
+
+def test_device_cuda_without_cuda_is_refused(capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is present")
+    assert_one_line_error(in_process(capsys, "train", "--preset", "smoke", "--device", "cuda"),
+                          "CUDA")

@@ -1,0 +1,384 @@
+"""The batched engine against the slow float64 reference (tests/reference.py), gradients through
+the unrolled rule-based learning, and behaviour: learning beats chance, seeds reproduce, a
+non-finite meta-gradient is never applied."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import reference as ref
+import torch
+from plasticity import PlasticityError, meta
+from plasticity.config import MetaConfig
+from plasticity.data import load_dataset
+from plasticity.learning import example_orders, train_with_rule
+from plasticity.meta import RuleParams, episode_loss, meta_train
+from plasticity.network import make_networks
+from plasticity.rules import LayerRule, Rule, Scheme
+from plasticity.rules.classic import classic_rule
+from plasticity.rules.tables import bit_inputs, init_params, params_to_table
+from plasticity.seeding import torch_generator
+
+F64 = torch.float64
+D, V, K, CLASSES, N = 10, 12, 6, 3, 3
+N_EX, L = 300, 200
+
+
+@pytest.fixture(scope="module")
+def task():
+    """x [300, 10] float64 and 3-class labels from a random linear teacher."""
+    g = torch.Generator().manual_seed(1234)
+    x = torch.randn(N_EX, D, generator=g, dtype=F64)
+    y = (x @ torch.randn(D, CLASSES, generator=g, dtype=F64)).argmax(1)
+    return x, y
+
+
+def _tables(T: int, with_rnn: bool, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    S = 2**T
+    out = torch.randn(S, 2, generator=g, dtype=F64)
+    rnn = torch.randn(S, S, generator=g, dtype=F64) if with_rnn else None
+    return rnn, out
+
+
+def _rule(T, rnn, out, mode, update_on, output_rows) -> Rule:
+    return Rule(T, LayerRule.from_table("output", T, out),
+                None if rnn is None else LayerRule.from_table("rnn", T, rnn), mode,
+                Scheme(update_on, output_rows))
+
+
+# ------------------------------------------------------------------ (a) engine == reference
+
+CASES = list(itertools.product((1, 3), ("mistakes", "all"), ("label_pred", "all"),
+                               ("additive", "multiplicative"), (False, True)))
+
+
+@pytest.mark.parametrize("T,update_on,output_rows,mode,with_rnn", CASES)
+def test_rule_training_matches_reference(task, T, update_on, output_rows, mode, with_rnn):
+    """Same final W, U and number of updates as the one-example-at-a-time float64 loop, for the
+    adaptive chunk, chunk=1 and a fixed chunk, network by network."""
+    x, y = task
+    neurons, k = V, K
+    if mode == "multiplicative" and not with_rnn and T > 1:
+        # W stays exactly 1 on every edge, so two kept neurons with the same kept in-neighbours
+        # get mathematically equal pre-activations: at V=12 the cap boundary often sits on such
+        # a tie, decided by rounding (see the report). At V=40 it does not happen.
+        neurons, k = 40, 20
+    rnn, out = _tables(T, with_rnn, seed=T)
+    rule = _rule(T, rnn, out, mode, update_on, output_rows)
+    nets = make_networks(N, D, CLASSES, neurons=neurons, k=k, p=0.5, T=T, seed=7, dtype=F64)
+    order = example_orders(N, N_EX, 1, torch_generator(0, "order"))[:, :L]
+    W_ref, U_ref, updates_ref, ties = ref.train_all(
+        nets, rnn, out, x, y, order, eta=0.01, mode=mode, update_on=update_on,
+        output_rows=output_rows)
+    assert ties.sum() == 0, "the reference hit a cap tie: the comparison would be ill-posed"
+    x_te, y_te = x[L:], y[L:]
+    acc_ref = [ref.accuracy_one(ref.numpy64(nets.A[n]), ref.numpy64(nets.graph[n]), W_ref[n],
+                                U_ref[n], k, T, x_te.numpy(), y_te.numpy()) for n in range(N)]
+    assert updates_ref.min() > 0
+    for chunk in (0, 1, 7):
+        res = train_with_rule(nets, rule, x, y, x_te, y_te, order=order, eta=0.01,
+                              eval_every=70, chunk=chunk)
+        for n in range(N):
+            assert res.updates[n] == updates_ref[n], (chunk, n)
+            np.testing.assert_allclose(res.W[n].numpy(), W_ref[n], rtol=0, atol=1e-10)
+            np.testing.assert_allclose(res.U[n].numpy(), U_ref[n], rtol=0, atol=1e-10)
+        np.testing.assert_allclose(res.test_accuracy, acc_ref, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("T", [1, 3])
+def test_code_recurrence_matches_reference(task, T):
+    """The reference code's recurrence cap(ReLU(W (h + A x))) as well."""
+    x, y = task
+    rnn, out = _tables(T, True, seed=5)
+    rule = _rule(T, rnn, out, "additive", "mistakes", "label_pred")
+    nets = make_networks(N, D, CLASSES, neurons=V, k=K, p=0.5, T=T, seed=3, dtype=F64,
+                         recurrence="code")
+    order = example_orders(N, N_EX, 1, torch_generator(1, "order"))[:, :L]
+    W_ref, U_ref, updates_ref, ties = ref.train_all(nets, rnn, out, x, y, order, eta=0.01)
+    assert ties.sum() == 0
+    res = train_with_rule(nets, rule, x, y, x[:10], y[:10], order=order, eval_every=L)
+    np.testing.assert_array_equal(res.updates, updates_ref)
+    np.testing.assert_allclose(res.W.numpy(), W_ref, rtol=0, atol=1e-10)
+    np.testing.assert_allclose(res.U.numpy(), U_ref, rtol=0, atol=1e-10)
+
+
+def test_classic_rule_matches_reference(task):
+    """hebb+perceptron with T=3 over two passes (integer-valued tables, additive)."""
+    x, y = task
+    rule = classic_rule("hebb+perceptron", 3)
+    rnn, out = rule.tables(dtype=F64)
+    nets = make_networks(N, D, CLASSES, neurons=V, k=K, p=0.5, T=3, seed=11, dtype=F64)
+    order = example_orders(N, N_EX, 2, torch_generator(2, "order"))
+    W_ref, U_ref, updates_ref, ties = ref.train_all(nets, rnn, out, x, y, order, eta=0.01)
+    assert ties.sum() == 0
+    res = train_with_rule(nets, rule, x, y, x[:10], y[:10], order=order, eval_every=250)
+    np.testing.assert_array_equal(res.updates, updates_ref)
+    np.testing.assert_allclose(res.W.numpy(), W_ref, rtol=0, atol=1e-10)
+    np.testing.assert_allclose(res.U.numpy(), U_ref, rtol=0, atol=1e-10)
+
+
+# ------------------------------------------------------------------ (b) gradients
+
+
+META = dict(neurons=8, k=4, T=3, E=2, B=5, classes=3)
+SCHEMES = [("additive", "mistakes", "label_pred"), ("multiplicative", "all", "all"),
+           ("additive", "all", "label_pred")]
+
+
+def _meta_setup(seed: int, tables, mode, update_on, output_rows, eta=0.05, margin=1e-5):
+    """Networks and an episode batch whose discrete decisions (ReLU signs, cap boundaries,
+    argmax) all sit at least ``margin`` away from a tie, so the loss is smooth around the tables.
+    Tries seeds from ``seed`` on; returns (nets, xs, ys, seed used)."""
+    m = META
+    for s in range(seed, seed + 50):
+        nets = make_networks(m["E"], D, m["classes"], neurons=m["neurons"], k=m["k"], p=0.5,
+                             T=m["T"], seed=s, dtype=F64)
+        g = torch.Generator().manual_seed(s)
+        xs = torch.randn(m["E"], m["B"], D, generator=g, dtype=F64)
+        ys = torch.randint(0, m["classes"], (m["E"], m["B"]), generator=g)
+        margins: list = []
+        with torch.no_grad():
+            ref.meta_step_reference(nets, *tables, xs, ys, eta=eta, mode=mode,
+                                    update_on=update_on, output_rows=output_rows,
+                                    margins=margins)
+        if min(margins) > margin:
+            return nets, xs, ys, s
+    raise AssertionError("no tie-free setup found")
+
+
+def _random_tables(T, seed):
+    g = torch.Generator().manual_seed(seed)
+    S = 2**T
+    return (torch.randn(S, S, generator=g, dtype=F64), torch.randn(S, 2, generator=g, dtype=F64))
+
+
+@pytest.mark.parametrize("mode,update_on,output_rows", SCHEMES)
+def test_episode_loss_matches_reference_and_gradcheck(mode, update_on, output_rows):
+    """episode_loss and its gradient w.r.t. both tables (T=3, 5-step unroll) equal the per-example
+    reference, and pass torch.autograd.gradcheck."""
+    rnn, out = _random_tables(META["T"], 3)
+    eta = 0.05
+    nets, xs, ys, _ = _meta_setup(0, (rnn, out), mode, update_on, output_rows, eta=eta)
+    scheme = Scheme(update_on, output_rows)
+
+    def engine(r, o):
+        return episode_loss(nets, r, o, xs, ys, eta=eta, mode=mode, scheme=scheme)
+
+    def reference(r, o):
+        return ref.meta_step_reference(nets, r, o, xs, ys, eta=eta, mode=mode,
+                                       update_on=update_on, output_rows=output_rows)
+
+    r1, o1 = rnn.clone().requires_grad_(), out.clone().requires_grad_()
+    r2, o2 = rnn.clone().requires_grad_(), out.clone().requires_grad_()
+    le, lr = engine(r1, o1), reference(r2, o2)
+    assert torch.allclose(le, lr, rtol=0, atol=1e-12)
+    ge, gr = torch.autograd.grad(le, (r1, o1)), torch.autograd.grad(lr, (r2, o2))
+    for a, b in zip(ge, gr, strict=True):
+        assert torch.allclose(a, b, rtol=1e-10, atol=1e-12)
+    assert ge[0].abs().sum() > 0 and ge[1].abs().sum() > 0
+    assert torch.autograd.gradcheck(engine, (r1, o1), eps=1e-6, atol=1e-6, rtol=1e-4)
+
+
+def test_output_only_gradcheck_t1():
+    """The output table alone (no RNN rule), T=1: a 5-step unroll."""
+    g = torch.Generator().manual_seed(0)
+    out = torch.randn(2, 2, generator=g, dtype=F64, requires_grad=True)
+    nets = make_networks(2, D, 3, neurons=8, k=4, p=0.5, T=1, seed=0, dtype=F64)
+    xs = torch.randn(2, 5, D, generator=g, dtype=F64)
+    ys = torch.randint(0, 3, (2, 5), generator=g)
+    margins: list = []
+    with torch.no_grad():
+        ref.meta_step_reference(nets, None, out, xs, ys, eta=0.05, margins=margins)
+    assert min(margins) > 1e-5
+
+    def f(o):
+        return episode_loss(nets, None, o, xs, ys, eta=0.05, mode="additive", scheme=Scheme())
+
+    assert torch.autograd.gradcheck(f, (out,), eps=1e-6, atol=1e-6, rtol=1e-4)
+
+
+def _mlp_params(layer: str, T: int, seed: int) -> dict:
+    return init_params("mlp", layer, T, hidden=6, gen=torch.Generator().manual_seed(seed),
+                       scale=1.0)
+
+
+@pytest.mark.parametrize("layer", ["rnn", "output"])
+def test_mlp_table_matches_reference(layer):
+    T = 3
+    p = _mlp_params(layer, T, 1)
+    np.testing.assert_allclose(params_to_table("mlp", layer, T, p).numpy(),
+                               ref.mlp_table(p["w1"], p["b1"], p["w2"], p["b2"], layer, T).numpy(),
+                               rtol=0, atol=1e-13)
+
+
+def test_mlp_gradcheck():
+    """Gradient w.r.t. the MLP parametrization of both rules through the 5-step, T=3 unroll."""
+    T = 3
+    po, pr = _mlp_params("output", T, 0), _mlp_params("rnn", T, 4)
+    keys = ("w1", "b1", "w2", "b2")
+    leaves = [po[k].clone().requires_grad_() for k in keys] + [
+        pr[k].clone().requires_grad_() for k in keys]
+    with torch.no_grad():
+        tables = (params_to_table("mlp", "rnn", T, pr), params_to_table("mlp", "output", T, po))
+    nets, xs, ys, _ = _meta_setup(10, tables, "additive", "mistakes", "label_pred")
+    # the MLPs' own ReLUs must not sit at a kink either
+    for p, layer in ((po, "output"), (pr, "rnn")):
+        pre = bit_inputs(layer, T) @ p["w1"].T + p["b1"]
+        assert pre.abs().min() > 1e-5
+
+    def f(*ps):
+        o = params_to_table("mlp", "output", T, dict(zip(keys, ps[:4], strict=True)))
+        r = params_to_table("mlp", "rnn", T, dict(zip(keys, ps[4:], strict=True)))
+        return episode_loss(nets, r, o, xs, ys, eta=0.05, mode="additive", scheme=Scheme())
+
+    assert torch.autograd.gradcheck(f, tuple(leaves), eps=1e-6, atol=1e-6, rtol=1e-4)
+
+
+# ------------------------------------------------------------------ (c) checkpointing
+
+
+@pytest.mark.parametrize("every", [1, 2, 4])
+def test_checkpoint_same_loss_and_gradient(every):
+    rnn, out = _random_tables(3, 4)
+    nets, xs, ys, _ = _meta_setup(20, (rnn, out), "additive", "mistakes", "label_pred")
+    res = []
+    for ck in (0, every):
+        r, o = rnn.clone().requires_grad_(), out.clone().requires_grad_()
+        loss = episode_loss(nets, r, o, xs, ys, eta=0.05, mode="additive", scheme=Scheme(),
+                            checkpoint_every=ck)
+        res.append((loss.detach(), *torch.autograd.grad(loss, (r, o))))
+    for a, b in zip(*res, strict=True):
+        assert torch.allclose(a, b, rtol=1e-12, atol=1e-14)
+
+
+# ------------------------------------------------------------------ (d) learning beats chance
+
+SYNTHETIC = ("halfspace", "relu1", "relu2", "rnn")
+
+
+def _rule_accuracy(ds, rule: Rule, n_train: int, n_test: int, neurons: int = 100) -> np.ndarray:
+    """Test accuracy of 2 fresh T=1 networks trained by ``rule`` on ``n_train`` examples."""
+    nets = make_networks(2, ds.dim, ds.n_classes, neurons=neurons, k=neurons // 2, p=0.5, T=1,
+                         seed=0)
+    order = example_orders(2, n_train, 1, torch_generator(0, "order"))
+    res = train_with_rule(nets, rule, ds.x_train[:n_train], ds.y_train[:n_train],
+                          ds.x_test[:n_test], ds.y_test[:n_test], order=order,
+                          eval_every=n_train)
+    return res.test_accuracy
+
+
+def _majority(y: torch.Tensor) -> float:
+    return float(torch.bincount(y).max()) / y.numel()
+
+
+RELU2_XFAIL = pytest.mark.xfail(strict=True, reason=(
+    "classic perceptron [[-1,+1],[+1,-1]] ends BELOW chance on relu2 (~0.37 vs majority 0.70; "
+    "the float64 reference agrees): the 'did not fire' row adds a uniform -c to U[1]-U[0], which "
+    "on a readout of h >= 0 acts as a bias on total activity, towards the minority class"))
+
+
+@pytest.mark.parametrize("name", [pytest.param("relu2", marks=RELU2_XFAIL) if n == "relu2" else n
+                                  for n in SYNTHETIC])
+def test_perceptron_beats_majority_on_synthetic(name):
+    ds = load_dataset(name)
+    acc = _rule_accuracy(ds, classic_rule("perceptron", 1), 3000, 2000)
+    majority = _majority(ds.y_test[:2000])
+    assert acc.min() > majority + 0.05, (acc, majority)
+
+
+@pytest.mark.parametrize("name", SYNTHETIC)
+def test_fired_only_perceptron_beats_majority_on_synthetic(name):
+    """The perceptron on the neurons that fired (table [[0, 0], [+1, -1]]) learns all four."""
+    ds = load_dataset(name)
+    rule = Rule(1, LayerRule.from_table("output", 1, [[0.0, 0.0], [1.0, -1.0]]))
+    acc = _rule_accuracy(ds, rule, 3000, 2000)
+    majority = _majority(ds.y_test[:2000])
+    assert acc.min() > majority and acc.mean() > majority + 0.05, (acc, majority)
+
+
+@pytest.mark.parametrize("name", ["mnist", "fashion_mnist"])
+def test_perceptron_learns_images(name):
+    try:
+        ds = load_dataset(name)
+    except PlasticityError as exc:
+        pytest.skip(f"data root not prepared: {exc}")
+    acc = _rule_accuracy(ds, classic_rule("perceptron", 1), 3000, 1000)
+    assert acc.min() > 0.5, acc
+
+
+# ------------------------------------------------------------------ (e) reproducibility
+
+
+def _tiny_meta(**kw) -> MetaConfig:
+    base = dict(dataset="halfspace", n_train=400, n_test=200, neurons=16, k=8, T=3,
+                learn="both", episodes=2, batch=8, steps=3, eval_every=3, eval_train=150,
+                eval_examples=100, dtype="float64")
+    base.update(kw)
+    return MetaConfig(**base)
+
+
+def _rule_tables(rule: Rule):
+    rnn, out = rule.tables(dtype=F64)
+    return out if rnn is None else torch.cat([rnn.flatten(), out.flatten()])
+
+
+def test_meta_train_same_seed_same_result():
+    ds = load_dataset("halfspace")
+    cfg = _tiny_meta()
+    a, b = meta_train(cfg, ds), meta_train(cfg, ds)
+    assert torch.equal(_rule_tables(a.rule), _rule_tables(b.rule))
+    assert a.history == b.history
+    assert "accuracy" in a.history[-1]
+    c = meta_train(_tiny_meta(seed=1), ds)
+    assert not torch.equal(_rule_tables(a.rule), _rule_tables(c.rule))
+
+
+# ------------------------------------------------------------------ (f) non-finite meta-gradients
+
+
+def test_overflowing_rule_is_skipped_not_applied():
+    """Multiplicative updates with a huge eta overflow the weights to inf: every step's loss is
+    non-finite, so no step is applied and the rule stays at its initialisation."""
+    ds = load_dataset("halfspace")
+    cfg = _tiny_meta(mode="multiplicative", eta=1e200, output_init=1.0, learn="output", T=1,
+                     rnn_init=0.0)
+    init = RuleParams(cfg, "cpu").rule({})
+    res = meta_train(cfg, ds)
+    assert res.skipped == cfg.steps
+    assert [r["skipped"] for r in res.history] == [1, 2, 3]
+    assert not np.isfinite(res.history[0]["loss"])
+    assert torch.equal(_rule_tables(res.rule), _rule_tables(init))
+
+
+@pytest.mark.parametrize("kind", ["nan-loss", "inf-gradient"])
+def test_non_finite_step_is_skipped(monkeypatch, kind):
+    """One poisoned step among three: it is counted and skipped; the others are applied, so the
+    result equals a run whose step 2 never happened (same Adam state, same later batches aside)."""
+    ds = load_dataset("halfspace")
+    cfg = _tiny_meta(steps=1)
+    clean = meta_train(cfg, ds)
+    calls = {"n": 0}
+    real = meta.episode_loss
+
+    def poisoned(nets, rnn_table, out_table, *args, **kw):
+        loss = real(nets, rnn_table, out_table, *args, **kw)
+        calls["n"] += 1
+        if calls["n"] == 2:
+            if kind == "nan-loss":
+                return loss * float("nan")
+            # finite value, infinite gradient: d sqrt(u)/du at u = 0
+            s = out_table.sum()
+            return loss + torch.sqrt(s - s.detach())
+        return loss
+
+    monkeypatch.setattr(meta, "episode_loss", poisoned)
+    res = meta_train(_tiny_meta(steps=2), ds)
+    assert calls["n"] == 2
+    assert res.skipped == 1
+    assert [r["skipped"] for r in res.history] == [0, 1]
+    if kind == "inf-gradient":
+        assert np.isfinite(res.history[1]["loss"])
+    assert torch.equal(_rule_tables(res.rule), _rule_tables(clean.rule))

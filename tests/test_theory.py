@@ -1,0 +1,148 @@
+"""Tests for plasticity.theory: the closed form of PAPER.md 6.5 against the engine, the
+MSE-optimal rule, Theorem 3's mistake bound and the structure of the Theorem 1 experiment."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from plasticity import PlasticityError, theory
+from plasticity.config import MetaConfig
+from plasticity.data import load_dataset
+from plasticity.learning import example_orders, train_with_rule
+from plasticity.meta import episode_loss
+from plasticity.network import make_networks
+from plasticity.rules import LayerRule, Rule, Scheme
+from plasticity.rules.classic import perceptron
+from plasticity.seeding import torch_generator
+
+
+@pytest.fixture(scope="module")
+def halfspace():
+    ds = load_dataset("halfspace", data_seed=0)
+    return ds, ds.x_train[:200].double(), ds.y_train[:200]
+
+
+def _nets(ds, T=1, n=2, seed=1):
+    return make_networks(n, ds.dim, ds.n_classes, neurons=30, k=15, p=0.5, T=T, seed=seed,
+                         dtype=torch.float64)
+
+
+@pytest.mark.parametrize("T", [1, 2])
+def test_engine_all_all_ends_at_closed_form_weights(halfspace, T):
+    ds, x, y = halfspace
+    nets = _nets(ds, T)
+    table = torch.randn(2**T, 2, generator=torch_generator(0, "test-rule"), dtype=torch.float64)
+    rule = Rule(T, LayerRule.from_table("output", T, table), scheme=Scheme("all", "all"))
+    expected = theory.closed_form_weights(nets, table, x, y, eta=0.01)
+    finals = []
+    for s in (0, 1):
+        order = example_orders(nets.n, x.shape[0], 1, torch_generator(s, "test-order"))
+        res = train_with_rule(nets, rule, x, y, x[:10], y[:10], order=order, eta=0.01,
+                              eval_every=x.shape[0], eval_examples=10)
+        assert res.U.dtype == torch.float64
+        assert torch.allclose(res.U, expected, rtol=1e-10, atol=1e-12)
+        finals.append(res.U)
+    assert torch.allclose(finals[0], finals[1], rtol=1e-10, atol=1e-12)
+
+
+def test_update_counts_sum_to_examples(halfspace):
+    ds, x, y = halfspace
+    S = theory.update_counts(_nets(ds), x, y)  # [N, l, V, 2, 2]
+    assert S.shape == (2, 2, 30, 2, 2)
+    assert torch.all(S.sum((3, 4)) == x.shape[0])  # every example updates every (c, v) once
+    assert torch.all(S[..., 0].sum((1, 3)) == x.shape[0])  # each example has one label row
+
+
+def test_mse_optimal_rule_beats_other_rules(halfspace):
+    ds, _, _ = halfspace
+    x, y = ds.x_train[:240].double(), ds.y_train[:240]  # 124 / 116: a unique optimum
+    nets = _nets(ds)
+    layer, info = theory.mse_optimal_output_rule(nets, x, y, eta=0.01)
+    best = info["mse"]
+    assert layer.table().shape == (2, 2) and info["rank"] == 4
+    assert best == pytest.approx(float(theory.closed_form_mse(nets, layer, x, y).mean()))
+    assert isinstance(info["rule"], Rule) and info["rule"].scheme == Scheme("all", "all")
+    gen = torch_generator(0, "test-random-rules")
+    others = [perceptron(1).table() * c for c in (1e-3, 1e-2, 0.1, 1.0)]
+    others += [torch.randn(2, 2, generator=gen, dtype=torch.float64) * 0.1 for _ in range(5)]
+    others += [layer.table() + 1e-3 * torch.randn(2, 2, generator=gen, dtype=torch.float64)
+               for _ in range(5)]
+    for table in others:
+        assert best <= float(theory.closed_form_mse(nets, table, x, y).mean()) + 1e-12
+
+
+def test_balanced_classes_leave_one_rule_direction_free(halfspace):
+    ds, x, y = halfspace
+    assert torch.equal(y.bincount(), torch.tensor([100, 100]))
+    nets = _nets(ds)
+    _, info = theory.mse_optimal_output_rule(nets, x, y)
+    assert info["rank"] == 3
+    table = perceptron(1).table()
+    free = torch.tensor([[1.0, -1.0], [1.0, -1.0]], dtype=torch.float64)  # u_1 = -u_0 / (l - 1)
+    assert torch.allclose(theory.closed_form_weights(nets, table, x, y),
+                          theory.closed_form_weights(nets, table + 0.3 * free, x, y), atol=1e-12)
+
+
+def test_binary_episode_loss_ignores_the_common_part_of_the_output_rule(halfspace):
+    """Why theorem1_experiment reports the column difference: with l = 2 and label/pred rows,
+    adding the same value to both columns of a row changes nothing."""
+    ds, x, y = halfspace
+    nets = make_networks(2, ds.dim, 2, neurons=20, k=10, p=0.5, T=1, seed=3, dtype=torch.float64)
+    table = torch.tensor([[-0.5, 1.0], [2.0, -0.3]], dtype=torch.float64)
+    xs, ys = x[:40].view(2, 20, -1), y[:40].view(2, 20)
+    kw = {"eta": 0.01, "mode": "additive", "scheme": Scheme()}
+    base = episode_loss(nets, None, table, xs, ys, **kw)
+    shifted = episode_loss(nets, None, table + torch.tensor([[0.7], [-1.3]]), xs, ys, **kw)
+    assert torch.allclose(base, shifted, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("a,b", [(1.0, 1.0), (1.0, 2.0), (0.5, 2.0)])
+def test_theorem3_converges_within_the_bound(a, b):
+    out = theory.theorem3_experiment(10, 0.3, a, b, examples=200, seed=0, passes=500, runs=3)
+    assert out["bound"] == pytest.approx(2 * b**2 * 10 / (a**2 * 0.3**2))
+    assert all(out["converged"])
+    assert all(m <= out["bound"] for m in out["mistakes"])
+    assert all(acc == 1.0 for acc in out["train_accuracy"])
+    assert all(g >= 0.3 for g in out["margin"])
+
+
+def test_theorem3_is_seeded_and_checks_its_rule():
+    one = theory.theorem3_experiment(8, 0.3, 1.0, 2.0, examples=100, seed=4, passes=50, runs=2)
+    two = theory.theorem3_experiment(8, 0.3, 1.0, 2.0, examples=100, seed=4, passes=50, runs=2)
+    assert one == two
+    with pytest.raises(PlasticityError, match="b >= a"):
+        theory.theorem3_experiment(8, 0.3, 2.0, 1.0, examples=10, seed=0)
+
+
+def test_margin_data_is_separable_with_balanced_teacher():
+    w, X, y = theory.margin_data(12, 0.25, 50, torch_generator(0, "test-margin"), runs=2)
+    assert w.shape == (2, 12) and X.shape == (2, 50, 12) and y.shape == (2, 50)
+    assert torch.allclose(w.sum(1), torch.zeros(2, dtype=torch.float64), atol=1e-12)
+    assert torch.allclose(w.norm(dim=1), torch.ones(2, dtype=torch.float64))
+    margins = torch.einsum("rmn,rn->rm", X, w) * y
+    assert torch.all(margins >= 0.25)
+
+
+def test_sign_pattern():
+    assert theory.sign_pattern(perceptron(1).table()) == "[-,+;+,-]"
+    assert theory.sign_pattern(torch.tensor([[0.0, 2.0], [-1.0, 3.0]])) == "[0,+;-,+]"
+
+
+@pytest.mark.parametrize("mode", ["additive", "multiplicative"])
+def test_theorem1_experiment_structure(halfspace, mode):
+    ds, _, _ = halfspace
+    cfg = MetaConfig(n_train=400, n_test=200, neurons=20, k=10, episodes=2, batch=10, steps=3,
+                     eval_every=3, eval_train=100, eval_examples=100, mode=mode)
+    out = theory.theorem1_experiment(cfg, ds, 2, output_init=1.0)
+    assert out["mode"] == mode and len(out["starts"]) == 2
+    assert [r["seed"] for r in out["starts"]] == [0, 1]
+    for r in out["starts"]:
+        assert torch.tensor(r["initial"]).shape == (2, 2) == torch.tensor(r["final"]).shape
+        assert r["initial"] != r["final"]  # GD moved the table
+        assert r["pattern"] == theory.sign_pattern(torch.tensor(r["final"]))
+        assert 0.0 <= r["accuracy"] <= 1.0
+    assert out["starts"][0]["initial"] != out["starts"][1]["initial"]  # random starts
+    assert out["perceptron_count"] == sum(r["perceptron"] for r in out["starts"])
+    assert sum(out["patterns"].values()) == 2
+    with pytest.raises(PlasticityError, match="T=1"):
+        theory.theorem1_experiment(MetaConfig(T=2), ds, 1)
