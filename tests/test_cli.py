@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from plasticity.cli import main, run
 
 

@@ -288,9 +288,8 @@ def test_values_only_table_file_loads(tmp_path):
     _assert_same(load_rule(path), classic_rule("hebb+perceptron", 1))
 
 
-# Loader gaps found while writing these tests: each escapes as a non-PlasticityError or loads a
-# file that contradicts itself. strict=True: when io.py is fixed these XPASS and fail, so the
-# marker gets removed.
+# Loader gaps found while writing these tests (each used to escape as a non-PlasticityError or to
+# load a file that contradicts itself), now refused.
 LOADER_GAPS = {
     "param is a list (unhashable -> TypeError)": _mutated(_good, _set("output", "param", ["x"])),
     "deeply nested JSON (RecursionError)": "[" * 100_000 + "]" * 100_000,
@@ -300,7 +299,6 @@ LOADER_GAPS = {
 }
 
 
-@pytest.mark.xfail(strict=True, reason="rules/io.py does not yet turn these into PlasticityError")
 @pytest.mark.parametrize("name", list(LOADER_GAPS))
 def test_loader_gaps(tmp_path, name):
     path = tmp_path / "rule.json"

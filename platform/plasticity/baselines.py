@@ -34,8 +34,9 @@ import torch.nn.functional as F
 
 from . import PlasticityError
 from .config import BaselineConfig
+from .experiment import run_networks, run_tensors
 from .learning import evaluate, example_orders
-from .network import Networks, make_networks
+from .network import Networks
 from .seeding import torch_generator
 
 METHODS = ("output", "full")
@@ -188,16 +189,9 @@ def train_baseline(cfg: BaselineConfig, data, *, device="cpu", progress: bool = 
     """GD baseline of ``cfg`` on ``data`` (a plasticity.data.Dataset): the networks of rule-based
     training for the same seed (key "networks"), orders from ("baseline-order"), ``passes``
     passes over the first ``n_train`` examples, final accuracy on the first ``n_test``."""
-    dtype = getattr(torch, cfg.dtype)
-    n_tr = cfg.n_train or data.x_train.shape[0]
-    n_te = cfg.n_test or data.x_test.shape[0]
-    x_tr, y_tr = data.x_train[:n_tr].to(device, dtype), data.y_train[:n_tr].to(device)
-    x_te, y_te = data.x_test[:n_te].to(device, dtype), data.y_test[:n_te].to(device)
-    nets = make_networks(cfg.networks, data.dim, data.n_classes, neurons=cfg.neurons, k=cfg.k,
-                         p=cfg.p, T=cfg.T, seed=cfg.seed, recurrence=cfg.recurrence,
-                         input_weights=cfg.input_weights, dtype=dtype, device=device,
-                         key="networks")
-    order = example_orders(cfg.networks, n_tr, cfg.passes,
+    x_tr, y_tr, x_te, y_te = run_tensors(cfg, data, device)
+    nets = run_networks(cfg, data, cfg.networks, device)
+    order = example_orders(cfg.networks, x_tr.shape[0], cfg.passes,
                            torch_generator(cfg.seed, "baseline-order"), device)
     return train_gd(nets, x_tr, y_tr, x_te, y_te, order=order, method=cfg.method,
                     batch=cfg.batch, lr=cfg.lr, eval_every=cfg.eval_every,

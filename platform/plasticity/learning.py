@@ -66,22 +66,23 @@ class RuleLearner:
         return int(min(512, max(2, round(1.0 / rate))))
 
     def _update(self, sel: torch.Tensor | None, hist, y, pred) -> None:
-        """Apply one update to the networks ``sel`` (None = all) from their histories [S, V]."""
+        """Apply one update, in place, to the networks ``sel`` (None = all) from their
+        histories [S, V]. A partial update works on views of each selected network (no copy of
+        the others' weights)."""
         nets, mode = self.nets, self.rule.mode
         scale = torch.full((hist.shape[0],), self.eta, dtype=self.W.dtype, device=hist.device)
         dU = output_delta(self.out_table, hist, y, pred, scale, nets.n_classes,
                           self.rule.scheme.output_rows)
+        dW = None if self.rnn_table is None else rnn_delta(self.rnn_table, hist, scale)
         if sel is None:
             apply_delta(self.U, dU, mode, inplace=True)
-        else:
-            self.U[sel] = apply_delta(self.U[sel], dU, mode, inplace=True)
-        if self.rnn_table is not None:
-            dW = rnn_delta(self.rnn_table, hist, scale)
-            if sel is None:
+            if dW is not None:
                 apply_delta(self.W, dW, mode, mask=nets.graph, inplace=True)
-            else:
-                self.W[sel] = apply_delta(self.W[sel], dW, mode, mask=nets.graph[sel],
-                                          inplace=True)
+            return
+        for i, n in enumerate(sel.tolist()):
+            apply_delta(self.U[n], dU[i], mode, inplace=True)
+            if dW is not None:
+                apply_delta(self.W[n], dW[i], mode, mask=nets.graph[n], inplace=True)
 
     @torch.no_grad()
     def learn(self, x: torch.Tensor, y: torch.Tensor, order: torch.Tensor) -> None:

@@ -16,8 +16,9 @@ import torch
 from torch.utils.checkpoint import checkpoint
 
 from .config import MetaConfig, to_dict
+from .experiment import run_networks, run_tensors
 from .learning import example_orders, train_with_rule
-from .network import Networks, make_networks
+from .network import Networks
 from .rules import LayerRule, Rule, Scheme
 from .rules.classic import perceptron
 from .rules.tables import apply_delta, init_params, output_delta, params_to_table, rnn_delta
@@ -140,14 +141,11 @@ def meta_train(cfg: MetaConfig, data, *, device="cpu", fixed_rnn: LayerRule | No
     ``on_step(record)`` is called after every step (for trackers); evaluation records carry the
     test accuracy of a fresh network trained by the current rule on ``eval_train`` examples."""
     dtype = getattr(torch, cfg.dtype)
-    x_tr, y_tr, x_te, y_te = _tensors(cfg, data, device, dtype)
+    x_tr, y_tr, _, _ = run_tensors(cfg, data, device)
     params = RuleParams(cfg, device, fixed_rnn=fixed_rnn)
     opt = torch.optim.Adam(params.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheme = Scheme(cfg.update_on, cfg.output_rows)
-    net_args = dict(neurons=cfg.neurons, k=cfg.k, p=cfg.p, T=cfg.T, seed=cfg.seed,
-                    recurrence=cfg.recurrence, input_weights=cfg.input_weights, dtype=dtype,
-                    device=device)
-    nets = make_networks(cfg.episodes, data.dim, data.n_classes, key="meta-networks", **net_args)
+    nets = run_networks(cfg, data, cfg.episodes, device, key="meta-networks")
     batches = _episode_batches(cfg, x_tr.shape[0], device)
     provenance = {"method": "gd", "dataset": cfg.dataset, "config": to_dict(cfg)}
     result = MetaResult(params.rule(provenance))
@@ -155,8 +153,7 @@ def meta_train(cfg: MetaConfig, data, *, device="cpu", fixed_rnn: LayerRule | No
     lives = _Lives(cfg, nets)
     for step in range(1, cfg.steps + 1):
         if cfg.resample_networks:
-            nets = make_networks(cfg.episodes, data.dim, data.n_classes,
-                                 key=("meta-networks", step), **net_args)
+            nets = run_networks(cfg, data, cfg.episodes, device, key=("meta-networks", step))
         idx = next(batches)
         rnn_t, out_t = params.tables(dtype)
         loss, state = episode_loss(nets, rnn_t, out_t, x_tr[idx], y_tr[idx], eta=cfg.eta,
@@ -195,10 +192,7 @@ def evaluate_rule(cfg, rule: Rule, data, device, *, n_train: int, n_test: int,
     dtype = getattr(torch, cfg.dtype)
     x_tr, y_tr = data.x_train[:n_train].to(device, dtype), data.y_train[:n_train].to(device)
     x_te, y_te = data.x_test[:n_test].to(device, dtype), data.y_test[:n_test].to(device)
-    nets = make_networks(networks, data.dim, data.n_classes, neurons=cfg.neurons, k=cfg.k, p=cfg.p,
-                         T=cfg.T, seed=cfg.seed, recurrence=cfg.recurrence,
-                         input_weights=cfg.input_weights, dtype=dtype, device=device,
-                         key="eval-networks")
+    nets = run_networks(cfg, data, networks, device, key="eval-networks")
     order = example_orders(networks, x_tr.shape[0], 1, torch_generator(cfg.seed, "eval-order"),
                            device)
     res = train_with_rule(nets, rule, x_tr, y_tr, x_te, y_te, order=order, eta=cfg.eta,
@@ -238,13 +232,6 @@ class _Lives:
             return
         self.state = (state[0].detach(), state[1].detach())
         self.age = [(a + 1) % self.span for a in self.age]
-
-
-def _tensors(cfg, data, device, dtype):
-    n_tr = cfg.n_train or data.x_train.shape[0]
-    n_te = cfg.n_test or data.x_test.shape[0]
-    return (data.x_train[:n_tr].to(device, dtype), data.y_train[:n_tr].to(device),
-            data.x_test[:n_te].to(device, dtype), data.y_test[:n_te].to(device))
 
 
 def _episode_batches(cfg: MetaConfig, n: int, device):

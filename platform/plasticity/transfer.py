@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import dataclasses
 
-import torch
-
 from .config import TrainConfig
 from .data import load_dataset
+from .experiment import run_networks, run_tensors
 from .learning import TrainResult, example_orders, train_with_rule
-from .network import make_networks
 from .rules import Rule, Scheme
 from .seeding import torch_generator
 
@@ -27,19 +25,12 @@ def run_train(cfg: TrainConfig, rule: Rule, *, device="cpu", data=None,
     happen unless ``cfg.update_on`` / ``cfg.output_rows`` name another (PAPER.md 2.3, Fig. 6)."""
     rule.check_network(cfg.T)
     rule = with_scheme(rule, cfg.update_on, cfg.output_rows)
-    dtype = getattr(torch, cfg.dtype)
     if data is None:
         data = load_dataset(cfg.dataset, data_seed=cfg.data_seed, inputs=cfg.inputs)
-    n_tr = cfg.n_train or data.x_train.shape[0]
-    n_te = cfg.n_test or data.x_test.shape[0]
-    x_tr, y_tr = data.x_train[:n_tr].to(device, dtype), data.y_train[:n_tr].to(device)
-    x_te, y_te = data.x_test[:n_te].to(device, dtype), data.y_test[:n_te].to(device)
-    nets = make_networks(cfg.networks, data.dim, data.n_classes, neurons=cfg.neurons, k=cfg.k,
-                         p=cfg.p, T=cfg.T, seed=cfg.seed, recurrence=cfg.recurrence,
-                         input_weights=cfg.input_weights, dtype=dtype, device=device,
-                         key="networks")
-    order = example_orders(cfg.networks, n_tr, cfg.passes, torch_generator(cfg.seed, "train-order"),
-                           device)
+    x_tr, y_tr, x_te, y_te = run_tensors(cfg, data, device)
+    nets = run_networks(cfg, data, cfg.networks, device)
+    order = example_orders(cfg.networks, x_tr.shape[0], cfg.passes,
+                           torch_generator(cfg.seed, "train-order"), device)
     return train_with_rule(nets, rule, x_tr, y_tr, x_te, y_te, order=order, eta=cfg.eta,
                            eval_every=cfg.eval_every, eval_examples=cfg.eval_examples,
                            chunk=cfg.chunk, progress=progress)

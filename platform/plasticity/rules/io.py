@@ -86,7 +86,7 @@ def save_rule(rule: Rule, path: str | Path) -> Path:
 def _tensor(value, where: str) -> torch.Tensor:
     try:
         t = torch.as_tensor(value, dtype=torch.float64)
-    except (TypeError, ValueError, RuntimeError) as exc:
+    except (TypeError, ValueError, RuntimeError, OverflowError) as exc:
         raise PlasticityError(f"{where} is not a numeric array ({exc})".splitlines()[0]) from None
     if not torch.isfinite(t).all():
         raise PlasticityError(f"{where} holds NaN or infinite values")
@@ -101,8 +101,11 @@ def _layer(d, name: str, T: int, src: str) -> LayerRule | None:
     if not isinstance(d, dict):
         raise PlasticityError(f"{src}: '{name}' must be an object")
     param = d.get("param", "table")
+    if not isinstance(param, str):
+        raise PlasticityError(f"{src}: {name}.param must be \"table\" or \"mlp\"")
     hidden = d.get("hidden")
-    if hidden is not None and (not isinstance(hidden, int) or not 0 < hidden <= MAX_HIDDEN):
+    if hidden is not None and (not isinstance(hidden, int) or isinstance(hidden, bool)
+                               or not 0 < hidden <= MAX_HIDDEN):
         raise PlasticityError(f"{src}: {name}.hidden must be an integer in 1..{MAX_HIDDEN}")
     raw = d.get("params")
     if not isinstance(raw, dict) or not raw:
@@ -115,6 +118,8 @@ def _layer(d, name: str, T: int, src: str) -> LayerRule | None:
         raise PlasticityError(f"{src}: unknown {name}.param '{param}': use table or mlp")
     if set(params) != expected:
         raise PlasticityError(f"{src}: {name}.params must have keys {sorted(expected)}")
+    if param == "mlp":
+        _check_mlp_shapes(params, name, T, hidden, src)
     try:
         lr = LayerRule(name, T, param, params, hidden)
     except RuntimeError as exc:  # MLP weights of inconsistent shapes
@@ -126,6 +131,19 @@ def _layer(d, name: str, T: int, src: str) -> LayerRule | None:
         if values.shape != lr.table().shape or not torch.allclose(values, lr.table(), atol=1e-9):
             raise PlasticityError(f"{src}: {name}.values disagree with {name}.params")
     return lr
+
+
+def _check_mlp_shapes(params: dict, name: str, T: int, hidden, src: str) -> None:
+    """w1 [H, n_in], b1 [H], w2 [1, H], b2 [1], with H equal to the declared hidden size."""
+    n_in = 2 * T if name == "rnn" else T + 1
+    H = params["w1"].shape[0] if params["w1"].dim() == 2 else -1
+    want = {"w1": (H, n_in), "b1": (H,), "w2": (1, H), "b2": (1,)}
+    for key, shape in want.items():
+        if tuple(params[key].shape) != shape or H < 1:
+            raise PlasticityError(f"{src}: {name}.params.{key} has shape "
+                                  f"{list(params[key].shape)}, expected {list(shape)}")
+    if hidden is not None and hidden != H:
+        raise PlasticityError(f"{src}: {name}.hidden={hidden} but w1 has {H} hidden units")
 
 
 def rule_from_dict(d, src: str = "rule") -> Rule:
@@ -168,4 +186,6 @@ def load_rule(path: str | Path) -> Rule:
         d = json.loads(text, parse_constant=lambda c: math.nan)
     except json.JSONDecodeError as exc:
         raise PlasticityError(f"rule file {path} is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise PlasticityError(f"rule file {path} is nested too deeply to be a rule") from None
     return rule_from_dict(d, src=f"rule file {path}")
