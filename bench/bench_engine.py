@@ -28,7 +28,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 
-RULES = ("hebb+perceptron", "dense", "perceptron")
+LEARNED = HERE / "rules" / "fig3_T3.json"  # the T=3 rule meta-learned by `study fig3 --preset paper`
+RULES = ("hebb+perceptron", "dense", "perceptron") + (("learned",) if LEARNED.exists() else ())
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -81,14 +82,19 @@ def _load_images(n_train: int):
 
 
 def _rule(name: str, T: int):
-    """hebb+perceptron or perceptron (classic), or "dense": a meta-learned-like rule with every
-    RNN table entry non-zero (N(0, 0.1^2)) and the perceptron output rule."""
+    """hebb+perceptron or perceptron (classic), "dense": a meta-learned-like rule with every
+    RNN table entry non-zero (N(0, 0.1^2)) and the perceptron output rule, or "learned": the
+    RNN + output rules meta-learned on ReLU1 for Fig. 3 (bench/rules/fig3_T3.json)."""
     import torch
     from plasticity.rules import LayerRule, Rule
     from plasticity.rules.classic import classic_rule, perceptron
 
     if name in ("hebb+perceptron", "perceptron"):
         return classic_rule(name, T)
+    if name == "learned":
+        from plasticity.rules.io import load_rule
+
+        return load_rule(LEARNED)
     g = torch.Generator().manual_seed(0)
     rnn = torch.randn(2**T, 2**T, generator=g, dtype=torch.float64) * 0.1
     return Rule(T, perceptron(T), LayerRule.from_table("rnn", T, rnn))
