@@ -108,3 +108,14 @@ def test_device_cuda_without_cuda_is_refused(capsys):
         pytest.skip("CUDA is present")
     assert_one_line_error(in_process(capsys, "train", "--preset", "smoke", "--device", "cuda"),
                           "CUDA")
+
+
+def test_study_smoke_json_is_one_object(tmp_path, capsys):
+    assert run(["study", "fig3", "--preset", "smoke", "--set", "datasets=halfspace", "--out",
+                str(tmp_path), "--json", "--no-progress"]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert len(out) == 1
+    res = json.loads(out[0])
+    assert set(res["cells"]) == {f"halfspace/{s}/T={T}" for s in ("small", "large")
+                                 for T in (1, 3)}
+    assert (tmp_path / "report.md").exists() and (tmp_path / "rule_T3.json").exists()

@@ -202,6 +202,8 @@ def run(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps(result, default=_jsonable))
     else:
+        if args.command == "study":
+            print(Path(result["report"]).read_text())
         _print_human(result)
     return 0
 

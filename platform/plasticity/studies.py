@@ -367,6 +367,5 @@ def run_study(name: str, preset: str, sets: dict, *, seed, device, out: Path,
     text = f"# Study {name} (preset {preset}, seed {sc.seed})\n\n" + report(result)
     atomic_write_text(out / "result.json", json.dumps(result, indent=1))
     atomic_write_text(out / "report.md", text)
-    print(text)
     return {**result, "report": str(out / "report.md")}
 
