@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from plasticity import PlasticityError
 from plasticity.config import MetaConfig
 from plasticity.data import load_dataset
