@@ -93,7 +93,7 @@ def _jsonable(o):
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
-def _summary(res_curve: np.ndarray, acc: np.ndarray) -> dict:
+def _summary(acc: np.ndarray) -> dict:
     return {"test_accuracy_mean": float(np.mean(acc)), "test_accuracy_std": float(np.std(acc)),
             "test_accuracy": acc.tolist()}
 
@@ -140,7 +140,7 @@ def cmd_train(cfg: TrainConfig, args, device: str) -> dict:
     res = run_train(cfg, rule, device=device, progress=not args.no_progress)
     out = out_dir(args, "train")
     result = {"command": "train", "config": to_dict(cfg), "rule_provenance": rule.provenance,
-              **_summary(res.curve, res.test_accuracy), "updates": res.updates.tolist(),
+              **_summary(res.test_accuracy), "updates": res.updates.tolist(),
               "curve": {"examples": res.examples, "accuracy_mean": res.curve.mean(1).tolist(),
                         "accuracy_std": res.curve.std(1).tolist()},
               "seconds": time.time() - t0}
@@ -157,7 +157,7 @@ def cmd_baseline(cfg: BaselineConfig, args, device: str) -> dict:
     res = train_baseline(cfg, data, device=device, progress=not args.no_progress)
     out = out_dir(args, "baseline")
     result = {"command": "baseline", "config": to_dict(cfg),
-              **_summary(res.curve, res.test_accuracy),
+              **_summary(res.test_accuracy),
               "curve": {"examples": res.examples, "updates": res.updates_at,
                         "accuracy_mean": res.curve.mean(1).tolist(),
                         "accuracy_std": res.curve.std(1).tolist()},

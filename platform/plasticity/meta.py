@@ -213,8 +213,11 @@ class _Lives:
         self.state = None
 
     def start(self, nets: Networks):
-        if self.span == 1 or self.state is None:
-            return None if self.span == 1 else self._fresh_all(nets)
+        """The (W, U) this step's episodes start from (None: fresh, the paper's default)."""
+        if self.span == 1:
+            return None
+        if self.state is None:  # first step: every slot starts fresh; the stagger persists
+            return nets.fresh_weights(self.cfg.mode)
         W, U = self.state
         reset = torch.tensor([a == 0 for a in self.age], device=W.device)
         if reset.any():
@@ -222,10 +225,6 @@ class _Lives:
             W = torch.where(reset.view(-1, 1, 1), W0, W)
             U = torch.where(reset.view(-1, 1, 1), U0, U)
         return W, U
-
-    def _fresh_all(self, nets):
-        # first step: slots of age a > 0 start at age 0 too (their stagger then persists)
-        return nets.fresh_weights(self.cfg.mode)
 
     def keep(self, state) -> None:
         if self.span == 1:
