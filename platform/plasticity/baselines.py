@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from . import PlasticityError
 from .config import BaselineConfig
 from .experiment import run_networks, run_tensors
-from .learning import evaluate, example_orders
+from .learning import evaluate, example_orders, progress_bar
 from .network import Networks
 from .seeding import torch_generator
 
@@ -160,7 +160,7 @@ def train_gd(nets: Networks, x_train, y_train, x_test, y_test, *, order: torch.T
     marks = sorted({-(-m // batch) for m in range(0, L, eval_every)} | {steps})
     ye = y_test[:eval_examples]
     curve, losses = [model.accuracy(ye).cpu().numpy()], [np.full(N, np.nan)]
-    bar = _progress(L, progress)
+    bar = progress_bar(L, progress, "GD baseline")
     for a, b in itertools.pairwise(marks):
         total = torch.zeros(N, dtype=torch.float64, device=order.device)
         for s in range(a, b):
@@ -197,10 +197,3 @@ def train_baseline(cfg: BaselineConfig, data, *, device="cpu", progress: bool = 
                     batch=cfg.batch, lr=cfg.lr, eval_every=cfg.eval_every,
                     eval_examples=cfg.eval_examples, seed=cfg.seed, progress=progress)
 
-
-def _progress(total: int, enabled: bool):
-    if not enabled:
-        return None
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc="GD baseline", unit="ex", leave=False, dynamic_ncols=True)

@@ -154,7 +154,7 @@ def train_with_rule(
     xe, ye = x_test[:eval_examples], y_test[:eval_examples]
     marks = list(range(0, L, eval_every)) + [L]
     curve = []
-    bar = _progress(L, progress, "rule-based training")
+    bar = progress_bar(L, progress, "rule-based training")
     for a, b in zip(marks[:-1], marks[1:]):
         curve.append(evaluate(nets, learner.W, learner.U, xe, ye).cpu().numpy())
         learner.learn(x_train, y_train, order[:, a:b])
@@ -168,9 +168,10 @@ def train_with_rule(
                        learner.W, learner.U)
 
 
-def _progress(total: int, enabled: bool, desc: str):
+def progress_bar(total: int, enabled: bool, desc: str, unit: str = "ex"):
+    """A tqdm bar on stderr, or None when progress is off (tqdm imported only when used)."""
     if not enabled:
         return None
     from tqdm import tqdm
 
-    return tqdm(total=total, desc=desc, unit="ex", leave=False, dynamic_ncols=True)
+    return tqdm(total=total, desc=desc, unit=unit, leave=False, dynamic_ncols=True)

@@ -17,7 +17,7 @@ from torch.utils.checkpoint import checkpoint
 
 from .config import MetaConfig, to_dict
 from .experiment import run_networks, run_tensors
-from .learning import example_orders, train_with_rule
+from .learning import example_orders, progress_bar, train_with_rule
 from .network import Networks
 from .rules import LayerRule, Rule, Scheme
 from .rules.classic import perceptron
@@ -149,7 +149,7 @@ def meta_train(cfg: MetaConfig, data, *, device="cpu", fixed_rnn: LayerRule | No
     batches = _episode_batches(cfg, x_tr.shape[0], device)
     provenance = {"method": "gd", "dataset": cfg.dataset, "config": to_dict(cfg)}
     result = MetaResult(params.rule(provenance))
-    bar = _bar(cfg.steps, progress)
+    bar = progress_bar(cfg.steps, progress, "meta-training", unit="step")
     lives = _Lives(cfg, nets)
     for step in range(1, cfg.steps + 1):
         if cfg.resample_networks:
@@ -244,10 +244,3 @@ def _episode_batches(cfg: MetaConfig, n: int, device):
         idx, buf = buf[:need], buf[need:]
         yield idx.view(cfg.episodes, cfg.batch).to(device)
 
-
-def _bar(total, enabled):
-    if not enabled:
-        return None
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc="meta-training", unit="step", leave=False, dynamic_ncols=True)
