@@ -1,5 +1,21 @@
-"""Shared test setup: one intra-op thread (the test machines are small and shared)."""
+"""Shared test setup: one intra-op thread (the test machines are small and shared), one local
+Ray per test session (started on first use, with no dashboard), RAY_AUTH_MODE=disabled."""
 
+import os
+
+import pytest
 import torch
 
 torch.set_num_threads(1)
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """A local Ray with 2 CPUs for the whole test session (not local_mode: pickling is real)."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()

@@ -8,6 +8,7 @@ A bad input is one line on stderr and exit code 2.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 import time
@@ -16,9 +17,14 @@ from pathlib import Path
 import numpy as np
 
 from . import PlasticityError, __version__
-from .config import BaselineConfig, MetaConfig, TrainConfig, build_config, parse_sets, to_dict
+from .commands import Command, jsonable, out_dir, resolve_device, write_json
+from .config import PRESETS, BaselineConfig, MetaConfig, TrainConfig, parse_sets, to_dict
+from .events import FanOut, JsonlSink, Sink
 
-COMMANDS = {"meta-train": MetaConfig, "train": TrainConfig, "baseline": BaselineConfig}
+# Modules that contribute subcommands: each exposes COMMANDS: dict[str, Command].
+COMMAND_MODULES = (
+    "plasticity.cli",
+)
 
 
 def _shared(p: argparse.ArgumentParser) -> None:
@@ -32,20 +38,23 @@ def _shared(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
+def all_commands() -> dict[str, Command]:
+    """Every config-driven subcommand, from the modules in COMMAND_MODULES."""
+    out: dict[str, Command] = {}
+    for mod in COMMAND_MODULES:
+        out.update(COMMANDS if mod == __name__ else importlib.import_module(mod).COMMANDS)
+    return out
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="plasticity", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"plasticity {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    helps = {
-        "meta-train": "meta-learn plasticity rules by GD through unrolled learning",
-        "train": "train fresh networks with a frozen rule (no backprop)",
-        "baseline": "train the same networks by gradient descent",
-    }
-    for name, text in helps.items():
-        p = sub.add_parser(name, help=text, description=text)
+    for name, command in all_commands().items():
+        p = sub.add_parser(name, help=command.help, description=command.help)
         _shared(p)
-        if name == "train":
-            p.add_argument("--rule", help="rule JSON file or classic name (config field 'rule')")
+        if command.arguments is not None:
+            command.arguments(p)
     p = sub.add_parser("prepare-data", help="prepare the MNIST / Fashion-MNIST data root")
     p.add_argument("--root", type=Path, help="data root (default: $PLASTICITY_DATA or ./data)")
     p.add_argument("--source", type=Path, help="folder of .gz files (default: ../shared/data)")
@@ -57,48 +66,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def resolve_device(name: str) -> str:
-    """'auto' -> 'cuda' when available, else 'cpu'; a CUDA request without CUDA is an error."""
-    import torch
-
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise PlasticityError(f"--device {name} asked for, but CUDA is not available: use cpu")
-    if name != "cpu" and not name.startswith("cuda"):
-        raise PlasticityError(f"unknown --device '{name}': use auto, cpu, cuda or cuda:N")
-    return name
-
-
-def out_dir(args, command: str) -> Path:
-    if args.out is not None:
-        return args.out
-    return Path("runs") / f"{command}-{time.strftime('%Y%m%d-%H%M%S')}"
-
-
-def write_json(path: Path, obj) -> Path:
-    """Write JSON atomically."""
-    from .rules.io import atomic_write_text
-
-    return atomic_write_text(path, json.dumps(obj, indent=1, default=_jsonable))
-
-
-def _jsonable(o):
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, (np.floating, np.integer)):
-        return o.item()
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
-
-
 def _summary(acc: np.ndarray) -> dict:
     return {"test_accuracy_mean": float(np.mean(acc)), "test_accuracy_std": float(np.std(acc)),
             "test_accuracy": acc.tolist()}
 
 
-def cmd_meta_train(cfg: MetaConfig, args, device: str) -> dict:
+def cmd_meta_train(cfg: MetaConfig, args, device: str, sink: Sink) -> dict:
     from .data import load_dataset
     from .meta import evaluate_rule, meta_train
     from .rules.io import save_rule
@@ -108,6 +81,7 @@ def cmd_meta_train(cfg: MetaConfig, args, device: str) -> dict:
     res = meta_train(cfg, data, device=device, progress=not args.no_progress)
     out = out_dir(args, "meta-train")
     rule_path = save_rule(res.rule, out / "rule.json")
+    sink.rule("meta-train", res.rule, rule_path)
     acc = evaluate_rule(cfg, res.rule, data, device, n_train=cfg.n_train or data.x_train.shape[0],
                         n_test=cfg.n_test or data.x_test.shape[0])
     result = {"command": "meta-train", "config": to_dict(cfg), "rule": str(rule_path),
@@ -116,6 +90,9 @@ def cmd_meta_train(cfg: MetaConfig, args, device: str) -> dict:
               "output_table": res.rule.output.table().tolist(),
               "rnn_table": None if res.rule.rnn is None else res.rule.rnn.table().tolist()}
     write_json(out / "history.json", res.history)
+    for h in res.history:
+        sink.metrics({f"meta/{k}": v for k, v in h.items() if k != "step"}, step=h["step"])
+    sink.metrics({"meta/test_accuracy": acc})
     write_json(out / "result.json", result)
     return result
 
@@ -132,12 +109,13 @@ def load_rule_ref(ref: str, T: int, eta: float):
     return load_rule(ref)
 
 
-def cmd_train(cfg: TrainConfig, args, device: str) -> dict:
+def cmd_train(cfg: TrainConfig, args, device: str, sink: Sink) -> dict:
     from .transfer import run_train
 
     t0 = time.time()
     rule = load_rule_ref(cfg.rule, cfg.T, cfg.eta)
     res = run_train(cfg, rule, device=device, progress=not args.no_progress)
+    sink.rule("train", rule)
     out = out_dir(args, "train")
     result = {"command": "train", "config": to_dict(cfg), "rule_provenance": rule.provenance,
               **_summary(res.test_accuracy), "updates": res.updates.tolist(),
@@ -148,7 +126,7 @@ def cmd_train(cfg: TrainConfig, args, device: str) -> dict:
     return result
 
 
-def cmd_baseline(cfg: BaselineConfig, args, device: str) -> dict:
+def cmd_baseline(cfg: BaselineConfig, args, device: str, sink: Sink) -> dict:
     from .baselines import train_baseline
     from .data import load_dataset
 
@@ -166,6 +144,21 @@ def cmd_baseline(cfg: BaselineConfig, args, device: str) -> dict:
     return result
 
 
+def _rule_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--rule", help="rule JSON file or classic name (config field 'rule')")
+
+
+COMMANDS = {
+    "meta-train": Command("meta-learn plasticity rules by GD through unrolled learning",
+                          MetaConfig, PRESETS["meta-train"], cmd_meta_train),
+    "train": Command("train fresh networks with a frozen rule (no backprop)", TrainConfig,
+                     PRESETS["train"], cmd_train, arguments=_rule_arg,
+                     sets_from_args=lambda a: {"rule": a.rule} if a.rule else {}),
+    "baseline": Command("train the same networks by gradient descent", BaselineConfig,
+                        PRESETS["baseline"], cmd_baseline),
+}
+
+
 def _print_human(result: dict) -> None:
     keys = ("rule", "test_accuracy_mean", "test_accuracy_std", "test_accuracy", "final_loss",
             "skipped_steps", "seconds", "report")
@@ -173,6 +166,27 @@ def _print_human(result: dict) -> None:
         if k in result:
             v = result[k]
             print(f"{k:>20}: {v:.4f}" if isinstance(v, float) else f"{k:>20}: {v}")
+
+
+def tracking_sink(args, name: str, cfg) -> Sink | None:
+    """The MLflow observer for this run, or None when tracking is off (plasticity.tracking)."""
+    return None
+
+
+def _run_command(command: Command, cfg, args, device: str) -> dict:
+    """Run one handler with its event sinks; the sinks are closed with the run's status."""
+    sink = FanOut(JsonlSink(args.out / "events.jsonl"), tracking_sink(args, args.command, cfg))
+    sink.params(to_dict(cfg))
+    status = "FAILED"
+    try:
+        result = command.handler(cfg, args, device, sink)
+        status = "FINISHED"
+        return result
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        sink.close(status)
 
 
 def run(argv: list[str] | None = None) -> int:
@@ -185,8 +199,6 @@ def run(argv: list[str] | None = None) -> int:
         print(f"data ready in {root}")
         return 0
     sets = parse_sets(args.sets)
-    if args.command == "train" and args.rule:
-        sets["rule"] = args.rule
     device = resolve_device(args.device)
     if args.command == "study":
         from .studies import run_study
@@ -195,12 +207,14 @@ def run(argv: list[str] | None = None) -> int:
                            device=device, out=out_dir(args, f"study-{args.name}"),
                            progress=not args.no_progress)
     else:
-        cls = COMMANDS[args.command]
-        cfg = build_config(cls, args.command, args.preset, sets, seed=args.seed)
-        handler = {"meta-train": cmd_meta_train, "train": cmd_train, "baseline": cmd_baseline}
-        result = handler[args.command](cfg, args, device)
+        command = all_commands()[args.command]
+        if command.sets_from_args is not None:
+            sets.update(command.sets_from_args(args))
+        cfg = command.build(args.command, args.preset, sets, args.seed)
+        args.out = out_dir(args, args.command)
+        result = _run_command(command, cfg, args, device)
     if args.json:
-        print(json.dumps(result, default=_jsonable))
+        print(json.dumps(result, default=jsonable))
     else:
         if args.command == "study":
             print(Path(result["report"]).read_text())

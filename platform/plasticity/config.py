@@ -227,11 +227,14 @@ PRESETS: dict[str, dict[str, dict]] = {
 }
 
 
-def build_config(cls, command: str, preset: str | None, sets: dict, seed: int | None = None):
-    """Preset (if any), then ``--set`` overrides, then ``--seed``: the run's config."""
+def build_config(cls, command: str, preset: str | None, sets: dict, seed: int | None = None,
+                 presets: dict[str, dict] | None = None):
+    """Preset (if any), then ``--set`` overrides, then ``--seed``: the run's config.
+
+    ``presets`` defaults to ``PRESETS[command]``; command modules pass their own."""
     d: dict = {}
     if preset is not None:
-        presets = PRESETS.get(command, {})
+        presets = PRESETS.get(command, {}) if presets is None else presets
         if preset not in presets:
             raise PlasticityError(
                 f"unknown preset '{preset}' for {command}: use one of {', '.join(presets)}")

@@ -1,0 +1,75 @@
+"""What every ``plasticity`` subcommand shares: the Command record, devices, output folders.
+
+A command module (``plasticity.evolution.command``, ``plasticity.robustness.command``, ...)
+exposes ``COMMANDS: dict[str, Command]``; ``plasticity.cli`` lists those modules and adds each
+command with the shared flags. Handlers take the parsed config, the argparse namespace, the
+device and an event :class:`~plasticity.events.Sink`, and return a JSON-able result dict.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from . import PlasticityError
+from .config import build_config
+
+
+@dataclass(frozen=True)
+class Command:
+    """One subcommand: its config class and presets, extra arguments, and its handler."""
+
+    help: str
+    config: type  # a frozen config dataclass (fields = --set keys)
+    presets: dict[str, dict]  # preset name -> field overrides (must include "smoke")
+    handler: Callable  # (cfg, args, device, sink) -> result dict
+    arguments: Callable | None = None  # (argparse parser) -> None: extra command-line arguments
+    sets_from_args: Callable | None = None  # (args) -> dict of config fields set by those arguments
+    extra: dict = field(default_factory=dict)
+
+    def build(self, name: str, preset: str | None, sets: dict, seed: int | None):
+        """The run's config: preset, then ``--set`` fields, then ``--seed``."""
+        return build_config(self.config, name, preset, sets, seed=seed, presets=self.presets)
+
+
+def resolve_device(name: str) -> str:
+    """'auto' -> 'cuda' when available, else 'cpu'; a CUDA request without CUDA is an error."""
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise PlasticityError(f"--device {name} asked for, but CUDA is not available: use cpu")
+    if name != "cpu" and not name.startswith("cuda"):
+        raise PlasticityError(f"unknown --device '{name}': use auto, cpu, cuda or cuda:N")
+    return name
+
+
+def out_dir(args, command: str) -> Path:
+    """``--out`` or ``runs/<command>-<time>``."""
+    if getattr(args, "out", None) is not None:
+        return args.out
+    return Path("runs") / f"{command}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def jsonable(o):
+    """``json.dumps`` default for numpy values and paths."""
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, (np.floating, np.integer)):
+        return o.item()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def write_json(path: Path, obj) -> Path:
+    """Write JSON atomically (a crash leaves the previous complete file)."""
+    from .rules.io import atomic_write_text
+
+    return atomic_write_text(path, json.dumps(obj, indent=1, default=jsonable))

@@ -1,0 +1,98 @@
+"""Events: how the core reports progress without knowing who listens (PAPER-agnostic plumbing).
+
+A command receives a :class:`Sink` and calls it with what it produced: metrics at a step (one
+generation, one meta step, one eps of an attack), learned rules with their provenance, and
+files. The CLI hands in a :class:`JsonlSink` (``events.jsonl`` in the output folder) fanned out
+with the MLflow observer of ``plasticity.tracking`` when tracking is on. The core never imports
+MLflow: tracking is an observer of these calls.
+
+Metric names follow one scheme (documented in the README): ``<family>/<name>`` with lowercase
+words joined by ``_``, e.g. ``evolution/loss_best``, ``transfer/mnist``, ``attack/pgd_linf/eps_0.3``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+
+class Sink:
+    """The listener interface; the base class ignores everything (the null sink)."""
+
+    def params(self, params: dict) -> None:
+        """Run parameters (a config dict), logged once."""
+
+    def metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        """Scalar metrics, optionally at an integer step (generation, meta step, example)."""
+
+    def rule(self, name: str, rule, path: Path | None = None) -> None:
+        """A learned or used rule (``plasticity.rules.Rule``) and its saved JSON, if any."""
+
+    def artifact(self, path: Path, subdir: str | None = None) -> None:
+        """A file produced by the run (plot, report, result JSON)."""
+
+    def close(self, status: str = "FINISHED") -> None:
+        """The run ended (FINISHED, FAILED or KILLED)."""
+
+
+class FanOut(Sink):
+    """Forward every call to several sinks in order."""
+
+    def __init__(self, *sinks: Sink):
+        self.sinks = [s for s in sinks if s is not None]
+
+    def params(self, params):
+        for s in self.sinks:
+            s.params(params)
+
+    def metrics(self, metrics, step=None):
+        for s in self.sinks:
+            s.metrics(metrics, step)
+
+    def rule(self, name, rule, path=None):
+        for s in self.sinks:
+            s.rule(name, rule, path)
+
+    def artifact(self, path, subdir=None):
+        for s in self.sinks:
+            s.artifact(path, subdir)
+
+    def close(self, status="FINISHED"):
+        for s in self.sinks:
+            s.close(status)
+
+
+class JsonlSink(Sink):
+    """Append one JSON object per event to a file (flushed per line: a crash loses nothing)."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._f = self.path.open("a")
+
+    def _write(self, kind: str, **payload) -> None:
+        if self._f.closed:
+            return
+        self._f.write(json.dumps({"t": round(time.time(), 3), "event": kind, **payload},
+                                 default=str) + "\n")
+        self._f.flush()
+
+    def params(self, params):
+        self._write("params", params=params)
+
+    def metrics(self, metrics, step=None):
+        clean = {k: (float(v) if math.isfinite(float(v)) else None) for k, v in metrics.items()}
+        self._write("metrics", step=step, metrics=clean)
+
+    def rule(self, name, rule, path=None):
+        self._write("rule", name=name, path=None if path is None else str(path),
+                    provenance=getattr(rule, "provenance", {}))
+
+    def artifact(self, path, subdir=None):
+        self._write("artifact", path=str(path), subdir=subdir)
+
+    def close(self, status="FINISHED"):
+        self._write("close", status=status)
+        self._f.close()
