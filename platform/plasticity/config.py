@@ -19,7 +19,7 @@ DTYPES = ("float32", "float64")
 
 def _choice(name: str, value: str, options: tuple[str, ...]) -> None:
     if value not in options:
-        raise PlasticityError(f"{name}='{value}' is not one of {', '.join(options)}")
+        raise PlasticityError(f"{name}={value!r} is not one of {', '.join(options)}")
 
 
 def _positive(cfg, *names: str, allow_zero: bool = False) -> None:
@@ -180,7 +180,7 @@ def from_dict(cls, d: dict, where: str = "config"):
     unknown = [k for k in d if k not in names]
     if unknown:
         raise PlasticityError(
-            f"unknown {where} key '{unknown[0]}': valid keys are {', '.join(sorted(names))}")
+            f"unknown {where} key {unknown[0]!r}: valid keys are {', '.join(sorted(names))}")
     try:
         return cls(**{k: _convert(k, v, hints[k]) for k, v in d.items()})
     except TypeError as exc:  # pragma: no cover - guarded by the checks above
@@ -193,7 +193,7 @@ def parse_sets(items: list[str]) -> dict[str, str]:
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
-            raise PlasticityError(f"--set expects key=value, got '{item}'")
+            raise PlasticityError(f"--set expects key=value, got {item!r}")
         out[key.strip()] = value.strip()
     return out
 

@@ -29,6 +29,7 @@ from . import LayerRule, Rule, Scheme
 FORMAT = "plasticity-rule"
 VERSION = 1
 MAX_HIDDEN = 4096
+MAX_BYTES = 16 * 2**20  # a rule file is kilobytes; anything this large is refused unread
 
 
 def rule_to_dict(rule: Rule) -> dict:
@@ -177,6 +178,10 @@ def load_rule(path: str | Path) -> Rule:
     """Read a rule JSON file; any problem is one PlasticityError naming the file."""
     path = Path(path)
     try:
+        size = path.stat().st_size
+        if size > MAX_BYTES:
+            raise PlasticityError(f"rule file {path} is {size:,} bytes: a rule file is at most "
+                                  f"{MAX_BYTES:,} bytes")
         text = path.read_text()
     except FileNotFoundError:
         raise PlasticityError(f"rule file {path} does not exist") from None
