@@ -24,6 +24,7 @@ from .events import FanOut, JsonlSink, Sink
 # Modules that contribute subcommands: each exposes COMMANDS: dict[str, Command].
 COMMAND_MODULES = (
     "plasticity.cli",
+    "plasticity.robustness.command",
 )
 
 

@@ -1,0 +1,253 @@
+"""Adversarial attacks on a frozen network (PAPER.md 5.4): no plasticity at test time.
+
+Every attack takes clean inputs x [B, d] with labels y [B] and a radius ``eps`` in its own norm,
+and returns ``(x_adv [B, d], broken [B] bool)``: ``broken[b]`` is True when some iterate the attack
+visited was misclassified, and then ``x_adv[b]`` is that iterate (else the last one). Every
+iterate lies in the eps ball around x and in the pixel range [lo, hi] (``None``: unbounded, for
+the synthetic sets), so "broken" is a valid adversarial example, found at any step.
+
+Gradients come from :meth:`FrozenNet.logits`, the engine's own forward pass: the k-cap is a top-k
+selection, so gradients flow through the kept units only (which units are kept is a constant);
+ReLU passes gradients where its input is > 0. Both can hide gradients, hence the gradient-free
+:func:`square` (random search on the margin) and the surrogate :func:`transfer` attack.
+
+Batched over examples (and over targets for the paper's attack); no Python loop per example.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from ..network import Networks
+
+NORMS = ("l2", "linf")
+
+
+class FrozenNet:
+    """Network ``index`` of ``nets`` with its trained weights frozen: x [B, d] -> logits [B, l]."""
+
+    def __init__(self, nets: Networks, W: torch.Tensor, U: torch.Tensor, index: int = 0):
+        self.nets = nets.select(slice(index, index + 1))
+        self.W = W[index:index + 1].detach()
+        self.U = U[index:index + 1].detach()
+
+    @property
+    def n_classes(self) -> int:
+        return self.nets.n_classes
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Differentiable in x. x: [B, d] -> [B, l]."""
+        return self.nets.forward(x.unsqueeze(0), self.W, self.U)[0][0]
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor, batch: int = 2048) -> torch.Tensor:
+        """Predicted classes [B]."""
+        return torch.cat([self.logits(x[s:s + batch]).argmax(-1)
+                          for s in range(0, x.shape[0], batch)])
+
+
+def margin(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """z_y - max_{j != y} z_j per row [B]: < 0 means misclassified (ties aside)."""
+    true = logits.gather(1, y[:, None]).squeeze(1)
+    other = logits.scatter(1, y[:, None], float("-inf")).amax(1)
+    return true - other
+
+
+def _norm(d: torch.Tensor, norm: str) -> torch.Tensor:
+    return d.norm(dim=1) if norm == "l2" else d.abs().amax(1)
+
+
+def project(x_adv: torch.Tensor, x: torch.Tensor, eps: float, norm: str, lo, hi) -> torch.Tensor:
+    """Project x_adv onto the ``norm`` ball of radius eps around x, then clip to [lo, hi].
+    Clipping moves each coordinate towards x (x itself is in range), so the result stays in the
+    ball."""
+    d = x_adv - x
+    if norm == "l2":
+        n = d.norm(dim=1, keepdim=True)
+        d = d * torch.clamp(eps / n.clamp_min(1e-12), max=1.0)
+    else:
+        d = d.clamp(-eps, eps)
+    out = x + d
+    return out if lo is None else out.clamp(lo, hi)
+
+
+def _grad(model: FrozenNet, x: torch.Tensor, loss_fn) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits [B, l] at x, d sum(loss) / dx [B, d]); rows are independent."""
+    x = x.detach().requires_grad_(True)
+    logits = model.logits(x)
+    (g,) = torch.autograd.grad(loss_fn(logits).sum(), x)
+    return logits.detach(), g
+
+
+def _record(best, broken, x_now, logits, y):
+    """Mark rows misclassified at x_now as broken; keep their first adversarial point."""
+    new = (logits.argmax(-1) != y) & ~broken
+    best[new] = x_now[new].detach()
+    return broken | new
+
+
+def paper_l2(model: FrozenNet, x, y, eps: float, *, steps: int = 50, alpha: float = 1.0,
+             lo=0.0, hi=1.0, **_) -> tuple[torch.Tensor, torch.Tensor]:
+    """The paper's attack (PAPER.md 5.4): targeted, for every wrong target y' one run of
+    x <- Proj_{L2(x, eps)}(x - alpha * grad_x CE(f(x), y')) along the RAW gradient, pixels clipped;
+    the example is broken if any of its l - 1 runs is misclassified at some step."""
+    B, d = x.shape
+    L = model.n_classes
+    tgt = torch.arange(L, device=y.device).expand(B, L)[tgt_mask(y, L)].view(B, L - 1)
+    xr, yr, tr = x.repeat_interleave(L - 1, 0), y.repeat_interleave(L - 1), tgt.reshape(-1)
+    ex = torch.arange(B, device=x.device).repeat_interleave(L - 1)
+    broken = torch.zeros(B, dtype=torch.bool, device=x.device)
+    best = x.clone()
+    cur = xr.clone()
+    for step in range(steps + 1):
+        act = (~broken[ex]).nonzero().squeeze(1)
+        if act.numel() == 0:
+            break
+        logits, g = _grad(model, cur[act],
+                          lambda z, t=tr[act]: F.cross_entropy(z, t, reduction="none"))
+        hit = logits.argmax(-1) != yr[act]
+        if hit.any():
+            rows = act[hit]
+            best[ex[rows]] = cur[rows]  # any hit of that example will do
+            broken[ex[rows]] = True
+        if step < steps:
+            cur[act] = project(cur[act] - alpha * g, xr[act], eps, "l2", lo, hi)
+    return best, broken
+
+
+def tgt_mask(y: torch.Tensor, L: int) -> torch.Tensor:
+    """[B, L] True where the class is not the label (the wrong targets)."""
+    return torch.arange(L, device=y.device)[None, :] != y[:, None]
+
+
+def fgsm(model: FrozenNet, x, y, eps: float, *, lo=0.0, hi=1.0, **_):
+    """L-inf FGSM (Goodfellow et al.): one step x + eps * sign(grad CE), untargeted."""
+    _, g = _grad(model, x, lambda z: F.cross_entropy(z, y, reduction="none"))
+    x_adv = project(x + eps * g.sign(), x, eps, "linf", lo, hi)
+    broken = model.predict(x_adv) != y
+    return x_adv, broken
+
+
+def pgd(model: FrozenNet, x, y, eps: float, *, norm: str = "linf", steps: int = 20,
+        step_scale: float = 2.5, restarts: int = 1, gen: torch.Generator | None = None,
+        lo=0.0, hi=1.0, **_):
+    """Untargeted PGD (Madry et al.) in ``norm`` on the margin loss z_y - max_{j!=y} z_j (the
+    cross-entropy saturates at the large logits of rule-trained networks), step
+    ``step_scale * eps / steps`` along sign(g) (linf) or g / |g| (l2), ``restarts`` runs.
+    Restart 0 starts at the FGSM point (linf) or at x (l2); the others at a uniform random point
+    of the ball. An example is broken if any iterate of any restart is misclassified, so PGD-linf
+    is never weaker than FGSM at the same eps."""
+    alpha = step_scale * eps / max(steps, 1)
+    broken = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+    best = x.clone()
+    for r in range(restarts):
+        if r == 0:
+            cur = fgsm(model, x, y, eps, lo=lo, hi=hi)[0] if norm == "linf" else x.clone()
+        else:
+            cur = project(x + random_in_ball(x.shape, eps, norm, gen).to(x), x, eps, norm, lo, hi)
+        for step in range(steps + 1):
+            act = (~broken).nonzero().squeeze(1)
+            if act.numel() == 0:
+                return best, broken
+            logits, g = _grad(model, cur[act], lambda z, a=act: margin(z, y[a]))
+            new = torch.zeros_like(broken)
+            new[act] = logits.argmax(-1) != y[act]
+            best[new] = cur[new]
+            broken |= new
+            if step == steps:
+                break
+            if norm == "linf":
+                s = g.sign()
+            else:
+                s = g / g.norm(dim=1, keepdim=True).clamp_min(1e-12)
+            cur[act] = project(cur[act] - alpha * s, x[act], eps, norm, lo, hi)
+    return best, broken
+
+
+def random_in_ball(shape, eps: float, norm: str, gen) -> torch.Tensor:
+    """Uniform random points of the ``norm`` ball of radius eps (float32, CPU)."""
+    B, d = shape
+    if norm == "linf":
+        return (torch.rand(B, d, generator=gen) * 2 - 1) * eps
+    v = torch.randn(B, d, generator=gen)
+    v = v / v.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    return v * eps * torch.rand(B, 1, generator=gen) ** (1.0 / d)
+
+
+def _side(d: int) -> tuple[int, int]:
+    """(height, width) of an input: square images (MNIST 28 x 28), else a 1 x d strip."""
+    h = math.isqrt(d)
+    return (h, h) if h * h == d else (1, d)
+
+
+def square(model: FrozenNet, x, y, eps: float, *, norm: str = "linf", queries: int = 1000,
+           p_init: float = 0.1, gen: torch.Generator | None = None, lo=0.0, hi=1.0, **_):
+    """Gradient-free random search in the spirit of the Square attack (Andriushchenko et al.
+    2020): each query changes the perturbation in one random square window (side shrinking with
+    the query count) and keeps the change if the margin z_y - max z_j went down. L-inf: the
+    window is set to +-eps (one random sign), from a start of random +-eps columns. L2
+    (simplified, not the paper's Square-L2): a Gaussian window of norm ~ sqrt(p) * eps is added,
+    then the sum is projected onto the ball. One forward pass per query for all examples."""
+    B, d = x.shape
+    h, w = _side(d)
+    if norm == "linf":
+        cols = torch.randint(0, 2, (B, 1, w), generator=gen).float() * 2 - 1
+        delta = (cols.expand(B, h, w).reshape(B, d) * eps).to(x)
+    else:
+        delta = _unit(torch.randn(B, d, generator=gen)).to(x) * eps
+    cur = project(x + delta, x, eps, norm, lo, hi)
+    with torch.no_grad():
+        loss = margin(model.logits(cur), y)
+    broken = loss < 0
+    best = torch.where(broken[:, None], cur, x)
+    rr = torch.arange(h, device=x.device)[None, :, None]
+    cc = torch.arange(w, device=x.device)[None, None, :]
+    for q in range(queries):
+        act = (~broken).nonzero().squeeze(1)
+        if act.numel() == 0 or eps == 0:
+            break
+        p = p_init * 0.5 ** (8 * q // max(queries, 1))  # halve the window area 8 times
+        s = max(1, round(math.sqrt(p * h * w))) if h > 1 else max(1, round(p * w))
+        sh = min(s, h)
+        r0 = torch.randint(0, h - sh + 1, (act.numel(), 1, 1), generator=gen).to(x.device)
+        c0 = torch.randint(0, w - s + 1, (act.numel(), 1, 1), generator=gen).to(x.device)
+        win = ((rr >= r0) & (rr < r0 + sh) & (cc >= c0) & (cc < c0 + s)).reshape(-1, d).to(x)
+        xa, ca = x[act], cur[act]
+        if norm == "linf":
+            sign = (torch.randint(0, 2, (act.numel(), 1), generator=gen).float() * 2 - 1).to(x)
+            prop = ca * (1 - win) + (xa + sign * eps) * win
+        else:
+            bump = torch.randn(act.numel(), d, generator=gen).to(x) * win
+            prop = ca + _unit(bump) * eps * 2 * math.sqrt(p)
+        prop = project(prop, xa, eps, norm, lo, hi)
+        with torch.no_grad():
+            new_loss = margin(model.logits(prop), y[act])
+        better = new_loss < loss[act]
+        idx = act[better]
+        cur[idx], loss[idx] = prop[better], new_loss[better]
+        hit = idx[new_loss[better] < 0]
+        best[hit] = cur[hit]
+        broken[hit] = True
+    return best, broken
+
+
+def _unit(v: torch.Tensor) -> torch.Tensor:
+    return v / v.norm(dim=1, keepdim=True).clamp_min(1e-12)
+
+
+def transfer(model: FrozenNet, x, y, eps: float, *, surrogate: FrozenNet, norm: str = "l2",
+             **kw):
+    """Transfer attack: PGD crafted on ``surrogate`` (e.g. the GD-trained network), judged on
+    ``model`` (never queried for gradients)."""
+    x_adv, _ = pgd(surrogate, x, y, eps, norm=norm, **kw)
+    return x_adv, model.predict(x_adv) != y
+
+
+ATTACKS = {"paper": paper_l2, "fgsm": fgsm, "pgd_linf": pgd, "pgd_l2": pgd, "square": square,
+           "transfer": transfer}
+# the norm each attack works in ("threat": the run's threat norm)
+ATTACK_NORM = {"paper": "l2", "fgsm": "linf", "pgd_linf": "linf", "pgd_l2": "l2",
+               "square": "threat", "transfer": "threat"}

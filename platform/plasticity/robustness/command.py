@@ -1,0 +1,216 @@
+"""``plasticity attack``: train (or load) a network, freeze it, attack it at every eps.
+
+Test-time plasticity is off: the attacked network's weights W, U are fixed after training (by a
+rule, ``train=rule``, or by GD, ``train=gd``); attacks only read gradients or outputs.
+Writes ``result.json`` (curves, budgets, per-example worst case), ``network.pt`` (the frozen
+network: reusable with ``load=`` or as another run's ``surrogate=``), ``curves.png``,
+``examples.png`` and ``examples.json``.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .. import PlasticityError
+from ..cli import _rule_arg
+from ..commands import Command, out_dir, write_json
+from ..config import Common, _choice, _positive, to_dict
+from ..events import Sink
+from ..network import Networks
+from .attacks import FrozenNet
+from .evaluate import Budget, check_attacks, robustness_curves
+
+ALL_EPS = "0,0.5,1,1.5,2,2.5,3,3.5,4"  # PAPER.md 5.4 (L2)
+
+
+def parse_list(name: str, text: str, conv=str) -> list:
+    """'a,b,c' -> [conv(a), ...], strictly: an empty or malformed item is a PlasticityError."""
+    items = [t.strip() for t in str(text).split(",")]
+    if not text or any(not t for t in items):
+        raise PlasticityError(f"{name}='{text}' must be a comma-separated list with no empty items")
+    out = []
+    for t in items:
+        try:
+            out.append(conv(t))
+        except ValueError:
+            raise PlasticityError(f"{name}='{text}': '{t}' is not a valid {conv.__name__}") from None
+    if conv is float and any(v != v or abs(v) == float("inf") for v in out):
+        raise PlasticityError(f"{name}='{text}' must be finite numbers")
+    return out
+
+
+@dataclass(frozen=True)
+class AttackConfig(Common):
+    """Attack a frozen trained network (PAPER.md 5.4, Fig. 5; Table 2's robust columns)."""
+
+    dataset: str = "mnist"  # data set of the network (pixels clipped to [0, 1] on images)
+    neurons: int = 1000  # |V|
+    k: int = 500  # cap
+    T: int = 3  # rounds
+    train: str = "rule"  # how the network is trained: rule (no backprop) | gd
+    rule: str = "perceptron"  # train=rule: a rule JSON file or classic name (its T must equal T)
+    passes: int = 2  # passes over the training set (Table 2: 2)
+    gd_method: str = "full"  # train=gd: full (W and U through the T rounds) | output (U only)
+    gd_lr: float = 1e-3  # train=gd: Adam learning rate
+    gd_batch: int = 100  # train=gd: minibatch size
+    load: str = ""  # a network.pt of an earlier run: attack it instead of training (shape from it)
+    surrogate: str = ""  # network.pt of another run, for the 'transfer' attack
+    n_attack: int = 100  # random test examples attacked (PAPER.md 5.4: 100)
+    eps: str = ALL_EPS  # radii of the threat ball, comma-separated, >= 0
+    norm: str = "l2"  # threat model: l2 (the paper) | linf
+    attacks: str = "paper,fgsm,pgd_linf,pgd_l2,square"  # paper|fgsm|pgd_linf|pgd_l2|square|transfer
+    steps: int = 50  # PGD steps per restart
+    step_scale: float = 2.5  # PGD step size = step_scale * eps / steps
+    restarts: int = 3  # PGD restarts
+    paper_steps: int = 50  # the paper's attack: steps per target
+    paper_alpha: float = 1.0  # the paper's attack: raw-gradient step size (not given by the paper)
+    queries: int = 1000  # gradient-free random search: queries
+    images: int = 4  # adversarial examples kept per eps for the picture
+
+    def __post_init__(self):
+        super().__post_init__()
+        _choice("train", self.train, ("rule", "gd"))
+        _choice("gd_method", self.gd_method, ("full", "output"))
+        _positive(self, "passes", "gd_lr", "gd_batch", "n_attack", "steps", "step_scale",
+                  "restarts", "paper_steps", "paper_alpha", "queries")
+        _positive(self, "images", allow_zero=True)
+        if any(e < 0 for e in self.eps_list):
+            raise PlasticityError(f"eps='{self.eps}' has a negative radius: every eps must be >= 0")
+        check_attacks(self.attack_list, self.norm)
+
+    @property
+    def eps_list(self) -> list[float]:
+        return parse_list("eps", self.eps, float)
+
+    @property
+    def attack_list(self) -> list[str]:
+        return parse_list("attacks", self.attacks)
+
+    def budget(self) -> Budget:
+        return Budget(self.steps, self.step_scale, self.restarts, self.paper_steps,
+                      self.paper_alpha, self.queries)
+
+
+PRESETS = {
+    "smoke": {"dataset": "mnist", "neurons": 60, "k": 30, "T": 3, "passes": 1, "n_train": 600,
+              "n_test": 300, "n_attack": 20, "eps": "0,1,2", "steps": 5, "restarts": 1,
+              "paper_steps": 5, "queries": 20, "images": 2},
+    "quick": {"n_train": 10000, "n_test": 2000, "n_attack": 100, "eps": "0,1,2,3,4",
+              "steps": 20, "restarts": 2, "paper_steps": 20, "queries": 300},
+    "paper": {"n_attack": 100, "steps": 50, "restarts": 3, "paper_steps": 50, "queries": 1000},
+}
+
+
+def save_network(path: Path, model: FrozenNet, info: dict) -> Path:
+    """The frozen network as a dict of tensors (loaded with ``weights_only=True``: no pickle code)."""
+    n = model.nets
+    torch.save({"A": n.A.cpu(), "graph": n.graph.cpu(), "W": model.W.cpu(), "U": model.U.cpu(),
+                "k": n.k, "T": n.T, "n_classes": n.n_classes, "recurrence": n.recurrence,
+                "info": info}, path)
+    return path
+
+
+def load_network(path: str, device: str, dtype) -> tuple[FrozenNet, dict]:
+    """A network saved by :func:`save_network` -> (FrozenNet, info)."""
+    if not Path(path).is_file():
+        raise PlasticityError(f"network file '{path}' not found: give the network.pt of an "
+                              "earlier `plasticity attack` run")
+    try:
+        d = torch.load(path, map_location=device, weights_only=True)
+        nets = Networks(d["A"].to(dtype), d["graph"].to(dtype), int(d["k"]), int(d["T"]),
+                        int(d["n_classes"]), str(d["recurrence"]))
+        return FrozenNet(nets, d["W"].to(dtype), d["U"].to(dtype)), dict(d.get("info", {}))
+    except (KeyError, RuntimeError, TypeError, ValueError) as exc:
+        raise PlasticityError(f"network file '{path}' is not a saved network: {exc}") from None
+
+
+def train_network(cfg: AttackConfig, data, device: str, progress: bool) -> tuple[FrozenNet, dict]:
+    """Train one network of cfg's shape on cfg.dataset (by its rule or by GD); freeze it."""
+    from ..baselines import train_baseline
+    from ..cli import load_rule_ref
+    from ..config import BaselineConfig, TrainConfig
+    from ..experiment import run_networks
+    from ..transfer import run_train
+
+    shared = {k: getattr(cfg, k) for k in Common.__dataclass_fields__}
+    if cfg.train == "rule":
+        rule = load_rule_ref(cfg.rule, cfg.T, cfg.eta)
+        rule.check_network(cfg.T)
+        tc = TrainConfig(**shared, rule=cfg.rule, passes=cfg.passes, networks=1,
+                         eval_every=10**9, eval_examples=1)
+        res = run_train(tc, rule, device=device, data=data, progress=progress)
+        info = {"rule_provenance": rule.provenance, "updates": int(res.updates[0])}
+    else:
+        bc = BaselineConfig(**shared, method=cfg.gd_method, batch=cfg.gd_batch, lr=cfg.gd_lr,
+                            passes=cfg.passes, networks=1, eval_every=10**9, eval_examples=1)
+        res = train_baseline(bc, data, device=device, progress=progress)
+        info = {}
+    nets = run_networks(cfg, data, 1, device)  # the same draw as training used
+    info.update(train=cfg.train, test_accuracy=float(res.test_accuracy[0]), config=to_dict(cfg))
+    return FrozenNet(nets, res.W, res.U), info
+
+
+def cmd_attack(cfg: AttackConfig, args, device: str, sink: Sink) -> dict:
+    from ..data import load_dataset
+    from ..data.images import IMAGE_SETS
+    from ..seeding import torch_generator
+    from .plots import plot_curves, plot_examples
+
+    t0 = time.time()
+    out = out_dir(args, "attack")
+    out.mkdir(parents=True, exist_ok=True)
+    dtype = getattr(torch, cfg.dtype)
+    data = load_dataset(cfg.dataset, data_seed=cfg.data_seed, inputs=cfg.inputs)
+    if cfg.load:
+        model, info = load_network(cfg.load, device, dtype)
+    else:
+        model, info = train_network(cfg, data, device, progress=not args.no_progress)
+    if model.nets.A.shape[2] != data.dim:
+        raise PlasticityError(f"network input size {model.nets.A.shape[2]} does not match "
+                              f"dataset {cfg.dataset} ({data.dim}): load a network of that set")
+    save_network(out / "network.pt", model, info)
+    surrogate = load_network(cfg.surrogate, device, dtype)[0] if cfg.surrogate else None
+    t_train = time.time() - t0
+    print(f"[{t_train:6.1f}s] network ready ({cfg.train}); attacking", file=sys.stderr, flush=True)
+    lo, hi = (0.0, 1.0) if cfg.dataset in IMAGE_SETS else (None, None)
+    gen = torch_generator(cfg.seed, "attack-subset")
+    pick = torch.randperm(data.x_test.shape[0], generator=gen)[:cfg.n_attack]
+    x, y = data.x_test[pick].to(device, dtype), data.y_test[pick].to(device)
+    curves = robustness_curves(model, x, y, cfg.eps_list, cfg.attack_list, threat=cfg.norm,
+                               budget=cfg.budget(), gen=torch_generator(cfg.seed, "attacks"),
+                               lo=lo, hi=hi, surrogate=surrogate, keep=cfg.images)
+    examples = curves.pop("examples")
+    n_te = cfg.n_test or data.x_test.shape[0]
+    clean_full = (model.predict(data.x_test[:n_te].to(device, dtype))
+                  == data.y_test[:n_te].to(device)).double().mean().item()
+    for i, e in enumerate(curves["eps"]):
+        m = {f"attack/{a}/eps_{e:g}": v[i] for a, v in curves["raw"].items()}
+        m[f"attack/worst/eps_{e:g}"] = curves["worst"][i]
+        sink.metrics(m)
+    sink.metrics({"attack/clean_test_accuracy": clean_full})
+    result = {"command": "attack", "config": to_dict(cfg), "network": info,
+              "test_plasticity": "off (weights frozen after training)",
+              "budget": to_dict(cfg.budget()), "clean_test_accuracy": clean_full,
+              "attacked_examples": pick.tolist(), **curves,
+              "seconds": time.time() - t0, "train_seconds": t_train}
+    write_json(out / "result.json", result)
+    write_json(out / "examples.json", {"eps": curves["eps"], "examples": examples})
+    for p in (plot_curves(result, out / "curves.png"),
+              plot_examples(curves["eps"], examples, out / "examples.png")):
+        if p is not None:
+            sink.artifact(p)
+    for name in ("result.json", "examples.json", "network.pt"):
+        sink.artifact(out / name)
+    return result
+
+
+COMMANDS = {
+    "attack": Command("attack a frozen trained network: robust accuracy against eps",
+                      AttackConfig, PRESETS, cmd_attack, arguments=_rule_arg,
+                      sets_from_args=lambda a: {"rule": a.rule} if a.rule else {}),
+}

@@ -1,0 +1,169 @@
+"""Attacks on frozen networks: eps balls, pixel range, sanity of robust-accuracy curves, the
+paper's batched targeted attack against a per-example loop, and the `attack` command."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from plasticity.cli import main
+from plasticity.config import TrainConfig
+from plasticity.data import load_dataset
+from plasticity.experiment import run_networks
+from plasticity.robustness.attacks import ATTACK_NORM, ATTACKS, FrozenNet, fgsm, paper_l2, pgd, square
+from plasticity.robustness.evaluate import Budget, attack_radius, inside, robustness_curves
+from plasticity.rules.classic import classic_rule
+from plasticity.transfer import run_train
+
+BUDGET = Budget(steps=10, restarts=2, paper_steps=10, paper_alpha=1.0, queries=60)
+
+
+@pytest.fixture(autouse=True)
+def _no_tracking(monkeypatch):
+    monkeypatch.setenv("PLASTICITY_TRACKING_URI", "none")
+
+
+@pytest.fixture(scope="module")
+def mnist():
+    return load_dataset("mnist")
+
+
+def _net(mnist, T: int) -> FrozenNet:
+    cfg = TrainConfig(dataset="mnist", neurons=60, k=30, T=T, n_train=800, n_test=100, networks=1,
+                      eval_every=10**6, eval_examples=1)
+    res = run_train(cfg, classic_rule("perceptron", T), data=mnist)
+    return FrozenNet(run_networks(cfg, mnist, 1, "cpu"), res.W, res.U)
+
+
+@pytest.fixture(scope="module", params=[1, 3], ids=["T1", "T3"])
+def net(request, mnist):
+    return _net(mnist, request.param)
+
+
+@pytest.fixture(scope="module")
+def batch(mnist):
+    return mnist.x_test[:40], mnist.y_test[:40]
+
+
+def _gen():
+    return torch.Generator().manual_seed(0)
+
+
+@pytest.mark.parametrize("name", sorted(set(ATTACKS) - {"transfer"}))
+@pytest.mark.parametrize("threat", ["l2", "linf"])
+def test_adversarial_examples_stay_in_the_ball_and_pixel_range(net, batch, name, threat):
+    x, y = batch
+    for eps in (0.3, 1.5) if threat == "l2" else (0.05, 0.2):
+        norm, r = attack_radius(name, threat, eps, x.shape[1])
+        kw = dict(steps=5, restarts=2, queries=30, gen=_gen(), alpha=5.0)
+        x_adv, broken = ATTACKS[name](net, x, y, r, norm=norm, **kw)
+        assert x_adv.shape == x.shape and broken.shape == y.shape
+        assert inside(x_adv, x, r, norm, 0.0, 1.0, tol=1e-5)
+        assert inside(x_adv, x, eps, threat, 0.0, 1.0, tol=1e-5)
+        # a "broken" example's stored point really is misclassified
+        assert bool((net.predict(x_adv[broken]) != y[broken]).all())
+
+
+def test_eps_zero_gives_the_clean_accuracy(net, batch):
+    x, y = batch
+    res = robustness_curves(net, x, y, [0.0], list(ATTACK_NORM.keys() - {"transfer"}),
+                            budget=BUDGET, gen=_gen())
+    clean = (net.predict(x) == y).double().mean().item()
+    assert res["clean"] == clean
+    assert res["worst"] == [clean] and all(v == [clean] for v in res["raw"].values())
+
+
+def test_worst_case_never_rises_with_eps_and_large_eps_breaks_everything(net, batch):
+    x, y = batch
+    eps = [0.0, 0.5, 1.0, 2.0, 4.0, 30.0]
+    res = robustness_curves(net, x, y, eps, ["paper", "fgsm", "pgd_l2", "square"],
+                            budget=BUDGET, gen=_gen())
+    w = res["worst"]
+    assert all(b <= a for a, b in zip(w, w[1:])), w
+    assert w[0] > 0.3 and w[-1] <= 0.05, w  # L2 eps = 30 covers the whole pixel cube (28)
+    # per example: the smallest breaking eps is consistent with the worst-case curve
+    for i, e in enumerate(eps):
+        robust = sum(b is None or b > e for b in res["broken_at"])
+        assert robust / len(y) == pytest.approx(w[i])
+
+
+def test_pgd_is_never_weaker_than_fgsm(net, batch):
+    x, y = batch
+    for eps in (0.02, 0.05, 0.1, 0.2):
+        _, b_fgsm = fgsm(net, x, y, eps)
+        _, b_pgd = pgd(net, x, y, eps, norm="linf", steps=5, restarts=2, gen=_gen())
+        assert bool((b_pgd | ~b_fgsm).all()), eps  # every FGSM break is a PGD break
+
+
+def test_batched_paper_attack_matches_one_example_at_a_time(mnist, batch):
+    net = _net(mnist, 3)
+    x, y = batch[0][:8], batch[1][:8]
+    _, together = paper_l2(net, x, y, 1.0, steps=8, alpha=2.0)
+    alone = torch.cat([paper_l2(net, x[i:i + 1], y[i:i + 1], 1.0, steps=8, alpha=2.0)[1]
+                       for i in range(8)])
+    assert torch.equal(together, alone)
+
+
+class _Masked(FrozenNet):
+    """The same network behind an input quantisation that has zero gradient everywhere."""
+
+    def logits(self, x):
+        return super().logits(torch.round(x * 4) / 4)  # round: gradient 0 everywhere
+
+
+def test_gradient_free_attack_sees_through_masked_gradients(mnist, batch):
+    base = _net(mnist, 1)
+    masked = _Masked(base.nets, base.W, base.U)
+    x, y = batch
+    _, b_pgd = pgd(masked, x, y, 3.0, norm="l2", steps=10, restarts=1, gen=_gen())
+    _, b_sq = square(masked, x, y, 3.0, norm="l2", queries=200, gen=_gen())
+    assert int(b_pgd.sum()) == int((masked.predict(x) != y).sum())  # no gradient, no progress
+    assert int(b_sq.sum()) > int(b_pgd.sum()) + 5
+
+
+def test_transfer_from_itself_equals_pgd(net, batch):
+    x, y = batch
+    _, b_pgd = pgd(net, x, y, 1.0, norm="l2", steps=5, restarts=1, gen=_gen())
+    _, b_tr = ATTACKS["transfer"](net, x, y, 1.0, surrogate=net, norm="l2", steps=5, restarts=1,
+                                  gen=_gen())
+    assert torch.equal(b_pgd, b_tr)
+
+
+def _run(capsys, *args):
+    with pytest.raises(SystemExit) as exc:
+        main(["attack", "--no-progress", *args])
+    cap = capsys.readouterr()
+    return exc.value.code, cap.out, cap.err
+
+
+@pytest.mark.parametrize("sets, needle", [
+    (["eps=0,-1"], "eps"),
+    (["eps=1,,2"], "eps"),
+    (["eps=a"], "eps"),
+    (["attacks=paper,bogus"], "unknown attack 'bogus'"),
+    (["norm=l3"], "norm"),
+    (["rule=bench/rules/fig3_T1.json", "T=3"], "rule has T=1"),
+    (["load=/nonexistent/network.pt"], "not found"),
+])
+def test_bad_input_is_one_line_exit_2(capsys, tmp_path, sets, needle):
+    args = ["--preset", "smoke", "--out", str(tmp_path)]
+    for s in sets:
+        args += ["--set", s]
+    code, _, err = _run(capsys, *args)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and needle in err, err
+
+
+def test_attack_command_smoke_writes_curves_and_reloads(capsys, tmp_path):
+    code, out, _ = _run(capsys, "--preset", "smoke", "--out", str(tmp_path / "a"), "--json")
+    assert code == 0
+    res = json.loads(out)
+    for f in ("result.json", "network.pt", "curves.png", "events.jsonl"):
+        assert (tmp_path / "a" / f).is_file(), f
+    assert res["worst"][0] == res["clean"] and res["eps"] == [0.0, 1.0, 2.0]
+    assert res["test_plasticity"].startswith("off")
+    events = (tmp_path / "a" / "events.jsonl").read_text()
+    assert "attack/paper/eps_2" in events and "attack/worst/eps_1" in events
+    code, out, _ = _run(capsys, "--preset", "smoke", "--out", str(tmp_path / "b"), "--json",
+                        "--set", f"load={tmp_path / 'a' / 'network.pt'}", "--set", "eps=0")
+    assert code == 0 and json.loads(out)["clean_test_accuracy"] == res["clean_test_accuracy"]
