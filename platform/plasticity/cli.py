@@ -25,6 +25,8 @@ from .events import FanOut, JsonlSink, Sink
 COMMAND_MODULES = (
     "plasticity.cli",
     "plasticity.robustness.command",
+    "plasticity.transfer_command",
+    "plasticity.evolution.command",
 )
 
 
@@ -37,6 +39,9 @@ def _shared(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, help="output folder (default runs/<command>-<time>)")
     p.add_argument("--json", action="store_true", help="print one JSON result object on stdout")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--tracking-uri", help="MLflow store (default $PLASTICITY_TRACKING_URI, "
+                   "$MLFLOW_TRACKING_URI or sqlite:///mlflow.db here; none = off)")
+    p.add_argument("--no-tracking", action="store_true", help="no MLflow tracking (--tracking-uri none)")
 
 
 def all_commands() -> dict[str, Command]:
@@ -98,13 +103,18 @@ def cmd_meta_train(cfg: MetaConfig, args, device: str, sink: Sink) -> dict:
     return result
 
 
-def load_rule_ref(ref: str, T: int, eta: float):
-    """A rule from a JSON path or a classic name."""
+def load_rule_ref(ref: str, T: int, eta: float, tracking: str | None = None):
+    """A rule from a JSON path, a classic name, or a registered ``models:/NAME/VERSION``
+    (fetched from the store ``tracking``)."""
     from .rules.classic import CLASSIC, classic_rule
     from .rules.io import load_rule
 
     if ref in CLASSIC:
         return classic_rule(ref, T, eta)
+    if ref.startswith("models:/"):
+        from .tracking import fetch_rule
+
+        return fetch_rule(ref, tracking)
     if not ref.endswith(".json") and not Path(ref).exists():
         raise PlasticityError(f"rule '{ref}' is neither a rule JSON file nor one of {CLASSIC}")
     return load_rule(ref)
@@ -114,7 +124,7 @@ def cmd_train(cfg: TrainConfig, args, device: str, sink: Sink) -> dict:
     from .transfer import run_train
 
     t0 = time.time()
-    rule = load_rule_ref(cfg.rule, cfg.T, cfg.eta)
+    rule = load_rule_ref(cfg.rule, cfg.T, cfg.eta, tracking_uri(args))
     res = run_train(cfg, rule, device=device, progress=not args.no_progress)
     sink.rule("train", rule)
     out = out_dir(args, "train")
@@ -169,9 +179,28 @@ def _print_human(result: dict) -> None:
             print(f"{k:>20}: {v:.4f}" if isinstance(v, float) else f"{k:>20}: {v}")
 
 
+def tracking_uri(args) -> str | None:
+    """The run's MLflow store URI (flag, environment, default), or None when tracking is off."""
+    import os
+
+    uri = getattr(args, "tracking_uri", None) or os.environ.get(
+        "PLASTICITY_TRACKING_URI", os.environ.get("MLFLOW_TRACKING_URI"))
+    if getattr(args, "no_tracking", False) or (uri is not None and uri.strip().lower() in
+                                               ("none", "off", "false", "0", "")):
+        return None  # decided without importing MLflow (seconds per process)
+    from .tracking import resolve_uri
+
+    return resolve_uri(uri)
+
+
 def tracking_sink(args, name: str, cfg) -> Sink | None:
     """The MLflow observer for this run, or None when tracking is off (plasticity.tracking)."""
-    return None
+    uri = tracking_uri(args)
+    if uri is None:
+        return None
+    from .tracking import sink_for_command
+
+    return sink_for_command(uri, name, {"plasticity.preset": args.preset or "-"}, args.out)
 
 
 def _run_command(command: Command, cfg, args, device: str) -> dict:

@@ -1,0 +1,362 @@
+"""MLflow tracking: the only module that imports mlflow (DESIGN.md: tracking is an observer).
+
+- Store: ``--tracking-uri`` / ``$PLASTICITY_TRACKING_URI`` / ``$MLFLOW_TRACKING_URI``, else
+  ``sqlite:///mlflow.db`` in the working directory (embedded; artifacts in ``mlruns/`` beside it).
+  ``none`` turns tracking off. The driver opens the store (creating the sqlite schema) before any
+  worker runs; Ray trials never write to a sqlite store themselves.
+- :class:`MlflowSink` is an :class:`~plasticity.events.Sink`: params once (values that change
+  later, e.g. PBT mutations, become ``hparam/<key>`` metrics: a logged param is never rewritten),
+  metrics batched (``log_batch`` within MLflow's per-request limits), rules as JSON + heatmap
+  artifacts with their provenance as params/tags, learned rules registered in the model registry.
+  The run is created on the first metric, rule or artifact: a run that fails before producing
+  anything (bad input) leaves nothing in the store.
+- Rules come back by reference: ``models:/NAME/VERSION`` (or ``models:/NAME/latest``).
+
+Metric names (documented in the README): ``<family>/<name>``, e.g. ``meta/loss``,
+``transfer/mnist/large_T1``, ``evolution/loss_best``, ``attack/pgd_linf/eps_0.3``; characters
+MLflow refuses are replaced by ``_``. Registered rules are named ``<method>-<dataset>-T<T>``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import re
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from . import PlasticityError
+from .events import Sink
+
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+import mlflow  # noqa: E402
+from mlflow import MlflowClient  # noqa: E402
+from mlflow.entities import Metric, Param, RunTag  # noqa: E402
+from mlflow.exceptions import MlflowException  # noqa: E402
+from mlflow.utils import validation as _limits  # noqa: E402
+
+for _name in ("mlflow", "alembic"):
+    logging.getLogger(_name).setLevel(logging.WARNING)
+
+DEFAULT_URI = "sqlite:///mlflow.db"
+EXPERIMENT = "plasticity"
+OFF = ("none", "off", "false", "0", "")
+SCHEMES = ("sqlite", "http", "https", "postgresql", "mysql", "mssql", "databricks", "file")
+_BAD_KEY = re.compile(r"[^A-Za-z0-9_\-. /:]")
+
+
+def resolve_uri(uri: str | None) -> str | None:
+    """The tracking URI in force (flag, then environment, then the default), made absolute for
+    sqlite (Tune changes the working directory); None when tracking is off."""
+    if uri is None:
+        uri = os.environ.get("PLASTICITY_TRACKING_URI", os.environ.get("MLFLOW_TRACKING_URI"))
+    if uri is None:
+        uri = DEFAULT_URI
+    if uri.strip().lower() in OFF:
+        return None
+    scheme = uri.split(":", 1)[0].split("+", 1)[0].lower()
+    if ":" not in uri or scheme not in SCHEMES:
+        raise PlasticityError(f"tracking URI '{uri}' is not supported: use sqlite:///FILE.db, "
+                              "http://HOST:PORT or none")
+    if scheme == "sqlite":
+        path = uri[len("sqlite:///"):]
+        if path and path != ":memory:" and not path.startswith("/"):
+            uri = f"sqlite:///{Path(path).resolve()}"
+    return uri
+
+
+def metric_key(key: str) -> str:
+    """A metric or param name MLflow accepts (``T=1`` -> ``T_1``)."""
+    return _BAD_KEY.sub("_", str(key))[: _limits.MAX_ENTITY_KEY_LENGTH]
+
+
+class Store:
+    """An opened tracking store: a client, its URI, and the experiments it holds."""
+
+    def __init__(self, uri: str):
+        self.uri = uri
+        self.client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+    def experiment_id(self, name: str = EXPERIMENT) -> str:
+        """The experiment's id, created on first use (artifacts beside a sqlite store)."""
+        exp = self.client.get_experiment_by_name(name)
+        if exp is not None:
+            return exp.experiment_id
+        location = None
+        if self.uri.startswith("sqlite:///"):
+            location = (Path(self.uri[len("sqlite:///"):]).parent / "mlruns" / name).as_uri()
+        try:
+            return self.client.create_experiment(name, artifact_location=location)
+        except MlflowException:  # created meanwhile by another process
+            exp = self.client.get_experiment_by_name(name)
+            if exp is None:
+                raise
+            return exp.experiment_id
+
+    def sink(self, run_name: str, *, experiment: str = EXPERIMENT, parent_run_id: str | None = None,
+             tags: dict | None = None, out: Path | None = None, run_id: str | None = None,
+             register: bool = True) -> MlflowSink:
+        """A sink logging to a new run (created lazily) or to the existing ``run_id``."""
+        return MlflowSink(self, self.experiment_id(experiment), run_name, parent_run_id=parent_run_id,
+                          tags=tags, out=out, run_id=run_id, register=register)
+
+
+def open_store(uri: str) -> Store:
+    """Open (and for sqlite create) the store; an unreachable one is a one-line error."""
+    if uri.startswith(("http://", "https://")):
+        import requests
+
+        try:
+            requests.get(uri.rstrip("/") + "/health", timeout=5).raise_for_status()
+        except requests.RequestException as exc:
+            raise PlasticityError(f"tracking server {uri} is unreachable ({type(exc).__name__}): "
+                                  "start it or pass --tracking-uri none") from None
+    elif uri.startswith("sqlite:///"):
+        path = Path(uri[len("sqlite:///"):])
+        if not path.parent.is_dir():
+            raise PlasticityError(f"tracking store {uri}: folder {path.parent} does not exist")
+    store = Store(uri)
+    try:
+        store.client.search_experiments(max_results=1)  # creates the sqlite schema
+    except Exception as exc:  # noqa: BLE001 - any failure here means "unusable store"
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise PlasticityError(f"tracking store {uri} cannot be used: {msg[:200]}") from None
+    return store
+
+
+def _flat(d: dict, prefix: str = "") -> dict[str, str]:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flat(v, key + "."))
+        else:
+            out[metric_key(key)] = str(v)[: _limits.MAX_PARAM_VAL_LENGTH]
+    return out
+
+
+def _chunks(items: list, n: int):
+    for i in range(0, len(items), n):
+        yield items[i:i + n]
+
+
+def registered_name(rule) -> str:
+    """Registry name of a learned rule: ``<method>-<dataset>-T<T>`` (e.g. ``gd-halfspace-T1``)."""
+    prov = rule.provenance or {}
+    name = f"{prov.get('method', 'rule')}-{prov.get('dataset', 'unknown')}-T{rule.T}"
+    return re.sub(r"[^A-Za-z0-9_\-.]", "_", name)
+
+
+class MlflowSink(Sink):
+    """Log one command run (or one trial) to MLflow; see the module docstring."""
+
+    FLUSH_S = 10.0
+
+    def __init__(self, store: Store, experiment_id: str, run_name: str, *, parent_run_id=None,
+                 tags=None, out: Path | None = None, run_id: str | None = None, register=True):
+        self.store, self.client = store, store.client
+        self.experiment_id, self.run_name = experiment_id, run_name
+        self.parent_run_id, self.out, self.register = parent_run_id, out, register
+        self.tags = {k: str(v) for k, v in (tags or {}).items()}
+        self.run_id = run_id
+        self._params: dict[str, str] = {}
+        self._logged: dict[str, str] = {}
+        self._metrics: list = []
+        self._last_flush = time.time()
+        self._step = 0
+        self.registered: list[tuple[str, str]] = []
+        self.closed = False
+
+    # --- run life cycle -------------------------------------------------------------------
+    def start(self) -> str:
+        """Create the run now (normally it is created on the first metric, rule or artifact)."""
+        if self.run_id is None:
+            tags = dict(self.tags)
+            if self.parent_run_id:
+                tags["mlflow.parentRunId"] = self.parent_run_id
+            run = self.client.create_run(self.experiment_id, run_name=self.run_name, tags=tags)
+            self.run_id = run.info.run_id
+        else:
+            existing = self.client.get_run(self.run_id).data.params
+            self._logged.update(existing)
+        self._flush_params()
+        return self.run_id
+
+    def _flush_params(self) -> None:
+        if self.run_id is None:
+            return
+        new = {k: v for k, v in self._params.items() if k not in self._logged}
+        for chunk in _chunks(sorted(new.items()), _limits.MAX_PARAMS_TAGS_PER_BATCH):
+            self.client.log_batch(self.run_id, params=[Param(k, v) for k, v in chunk])
+        self._logged.update(new)
+        self._params.clear()
+
+    def _flush_metrics(self) -> None:
+        if self.run_id is None:
+            self.start()
+        for chunk in _chunks(self._metrics, _limits.MAX_METRICS_PER_BATCH):
+            self.client.log_batch(self.run_id, metrics=chunk)
+        self._metrics = []
+        self._last_flush = time.time()
+
+    # --- Sink ------------------------------------------------------------------------------
+    def params(self, params: dict) -> None:
+        flat = _flat(params)
+        now = int(time.time() * 1000)
+        for k, v in flat.items():
+            old = self._logged.get(k, self._params.get(k))
+            if old is None:
+                self._params[k] = v
+            elif old != v:  # a mutated hyperparameter: never rewrite the logged param
+                try:
+                    self._metrics.append(Metric(metric_key(f"hparam/{k}"), float(v), now, self._step))
+                except ValueError:
+                    self.tags[metric_key(f"hparam.{k}")] = v
+        if self.run_id is not None:
+            self._flush_params()
+
+    def metrics(self, metrics: dict, step: int | None = None) -> None:
+        now = int(time.time() * 1000)
+        self._step = self._step if step is None else int(step)
+        for k, v in metrics.items():
+            try:
+                v = float(v)
+            except (TypeError, ValueError):
+                continue
+            self._metrics.append(Metric(metric_key(k), v if math.isfinite(v) else float("nan"),
+                                        now, self._step))
+        if len(self._metrics) >= _limits.MAX_METRICS_PER_BATCH or \
+                time.time() - self._last_flush > self.FLUSH_S:
+            self._flush_metrics()
+
+    def rule(self, name: str, rule, path: Path | None = None) -> None:
+        """The rule's JSON and heatmap under ``rules/<name>/``, its key parameters and provenance
+        as params/tags; a learned rule (saved to ``path``) is registered."""
+        from .report import rule_heatmap
+        from .rules.io import save_rule
+
+        self.start()
+        key = metric_key(name).replace("/", "_")
+        prov = dict(rule.provenance or {})
+        info = {"T": rule.T, "mode": rule.mode, "update_on": rule.scheme.update_on,
+                "output_rows": rule.scheme.output_rows, "output.param": rule.output.param,
+                "rnn.param": None if rule.rnn is None else rule.rnn.param,
+                **{f"provenance.{k}": v for k, v in prov.items() if not isinstance(v, dict)}}
+        self.params({f"rule.{key}.{k}": v for k, v in info.items()})
+        tags = {f"rule.{key}.method": prov.get("method", "unknown"),
+                f"rule.{key}.dataset": prov.get("dataset", "-")}
+        cfg = prov.get("config") if isinstance(prov.get("config"), dict) else {}
+        for field in ("seed", "neurons", "k", "T"):
+            if field in cfg:
+                tags[f"rule.{key}.{field}"] = cfg[field]
+        self.client.log_batch(self.run_id, tags=[RunTag(metric_key(k), str(v)) for k, v in tags.items()])
+        with tempfile.TemporaryDirectory() as tmp:
+            src = Path(tmp) / "rule.json"
+            if path is not None and Path(path).is_file():
+                src.write_text(Path(path).read_text())
+            else:
+                save_rule(rule, src)
+            rule_heatmap(rule, Path(tmp) / "heatmap.png", title=f"{name}: {registered_name(rule)}")
+            self.client.log_artifacts(self.run_id, tmp, f"rules/{key}")
+        if self.register and path is not None and prov.get("method") not in (None, "classic"):
+            self.registered.append(self._register(rule, f"rules/{key}"))
+
+    def _register(self, rule, artifact_path: str) -> tuple[str, str]:
+        name = registered_name(rule)
+        try:
+            self.client.create_registered_model(name)
+        except MlflowException:
+            pass  # already registered
+        run = self.client.get_run(self.run_id)
+        mv = self.client.create_model_version(name, f"{run.info.artifact_uri}/{artifact_path}",
+                                              run_id=self.run_id,
+                                              tags={"method": str(rule.provenance.get("method"))})
+        self.client.set_tag(self.run_id, f"registered.{name}", mv.version)
+        print(f"registered rule models:/{name}/{mv.version}", file=sys.stderr)
+        return name, mv.version
+
+    def artifact(self, path: Path, subdir: str | None = None) -> None:
+        self.start()
+        self.client.log_artifact(self.run_id, str(path), subdir)
+
+    def _result_metrics(self) -> None:
+        """The scalar numbers of the run's result.json as ``<command>/<key>`` metrics."""
+        f = None if self.out is None else Path(self.out) / "result.json"
+        if f is None or not f.is_file():
+            return
+        try:
+            result = json.loads(f.read_text())
+        except (OSError, ValueError):
+            return
+        family = self.tags.get("plasticity.command", self.run_name)
+        self.metrics({f"{family}/{k}": v for k, v in result.items()
+                      if isinstance(v, (int, float)) and not isinstance(v, bool)}, self._step)
+
+    def close(self, status: str = "FINISHED") -> None:
+        """Flush, attach the run's result files, and end the run with ``status``."""
+        if self.closed:
+            return
+        self.closed = True
+        if self.run_id is None and status != "FINISHED":
+            return  # failed before producing anything: leave no half-written run
+        self._result_metrics()
+        self._flush_metrics()
+        self._flush_params()
+        if self.tags:
+            self.client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in self.tags.items()])
+        if self.out is not None:
+            for f in ("result.json", "events.jsonl", "report.md", "history.json"):
+                if (Path(self.out) / f).is_file():
+                    self.client.log_artifact(self.run_id, str(Path(self.out) / f))
+        self.client.set_terminated(self.run_id, status)
+
+
+def sink_for_command(uri: str | None, command: str, cfg_tags: dict, out: Path) -> MlflowSink | None:
+    """The CLI's observer for one command run (``uri`` already resolved; None = off)."""
+    if uri is None:
+        return None
+    return open_store(uri).sink(command, tags={"plasticity.command": command, **cfg_tags},
+                                out=Path(out).resolve())
+
+
+_REF = re.compile(r"^models:/([^/]+)/([^/]+)$")
+
+
+def fetch_rule(ref: str, uri: str | None):
+    """A registered rule from ``models:/NAME/VERSION`` (VERSION a number or ``latest``)."""
+    from .rules.io import load_rule
+
+    m = _REF.match(ref)
+    if m is None:
+        raise PlasticityError(f"rule reference '{ref}' is not models:/NAME/VERSION")
+    if uri is None:
+        raise PlasticityError(f"rule '{ref}' needs tracking: pass --tracking-uri, not none")
+    name, version = m.groups()
+    client = open_store(uri).client
+    try:
+        if version == "latest":
+            versions = client.search_model_versions(f"name='{name}'")
+            if not versions:
+                raise MlflowException("no versions")
+            version = str(max(int(v.version) for v in versions))
+        mv = client.get_model_version(name, version)
+    except MlflowException:
+        raise PlasticityError(f"registered rule '{name}' version {version} not found in {uri}") from None
+    with tempfile.TemporaryDirectory() as tmp:
+        local = mlflow.artifacts.download_artifacts(artifact_uri=mv.source, dst_path=tmp,
+                                                    tracking_uri=uri)
+        rule = load_rule(Path(local) / "rule.json")
+    return rule
+
+
+def registered_versions(uri: str, name: str) -> list[str]:
+    """Versions of a registered rule, oldest first (for tests and the summary)."""
+    client = open_store(uri).client
+    return sorted((v.version for v in client.search_model_versions(f"name='{name}'")), key=int)
