@@ -48,11 +48,13 @@ def unroll(nets: Networks, W, U, rnn_table, out_table, xs, ys, *, eta: float, mo
 
 
 def episode_loss(nets: Networks, rnn_table, out_table, xs, ys, *, eta, mode, scheme,
-                 checkpoint_every: int = 0, start=None, return_state: bool = False):
+                 checkpoint_every: int = 0, start=None, return_state: bool = False,
+                 per_network: bool = False):
     """Mean cross-entropy, after learning each episode's examples, on those same examples.
 
     Learning starts from fresh weights, or from ``start = (W, U)`` (a network that has already
-    learned, see ``MetaConfig.horizon``). With ``return_state`` also returns the final (W, U)."""
+    learned, see ``MetaConfig.horizon``). With ``return_state`` also returns the final (W, U).
+    With ``per_network`` the loss is each network's own mean [N] (a population's losses)."""
     W, U = nets.fresh_weights(mode) if start is None else start
     B = xs.shape[1]
     seg = checkpoint_every if checkpoint_every > 0 else B
@@ -65,7 +67,11 @@ def episode_loss(nets: Networks, rnn_table, out_table, xs, ys, *, eta, mode, sch
             W, U = unroll(nets, W, U, rnn_table, out_table, xseg, yseg, eta=eta, mode=mode,
                           scheme=scheme)
     logits, _, _ = nets.forward(xs, W, U)
-    loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), ys.flatten())
+    if per_network:
+        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), ys.flatten(),
+                                                 reduction="none").view(ys.shape).mean(1)
+    else:
+        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), ys.flatten())
     return (loss, (W, U)) if return_state else loss
 
 

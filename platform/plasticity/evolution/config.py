@@ -1,0 +1,149 @@
+"""Configs of ``plasticity evolve``, ``compare`` and ``evolve-theory`` (PAPER.md 6.6).
+
+Evolution searches the same rule space from the same start as meta-learning GD (``MetaConfig``):
+the trainable rule tables, drawn by ``RuleParams`` from ``seed`` and ``output_init`` /
+``rnn_init``. A member's loss is the meta-learning loss of its rule: E episodes of B examples,
+the same networks and the same example batches GD sees at the same step (generation g uses GD's
+batch g), plus ``weight_decay / 2 * ||rule||^2`` (Adam's L2 term, so both minimise one objective).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .. import PlasticityError
+from ..config import Common, MetaConfig, _choice, _positive
+from ..rules.tables import MODES, OUTPUT_ROWS, UPDATE_ON
+
+STRATEGIES = ("genetic", "ga", "es")
+SHARING = ("none", "random")
+
+
+@dataclass(frozen=True)
+class EvolutionConfig(Common):
+    """Evolution of plasticity rules: the paper's allele model, a GA or an ES."""
+
+    strategy: str = "genetic"  # genetic: allele model (6.6) | ga: truncation GA | es: antithetic ES
+    population: int = 32  # N organisms / members per generation (genetic infinite: unused)
+    generations: int = 40  # generations to run
+    infinite: bool = False  # genetic: deterministic infinite-population allele dynamics
+    genes: int = 20  # genetic: genes per rule coefficient (alleles +eps / -eps)
+    eps: float = 0.25  # genetic: allele effect size
+    theta: float = 0.5  # genetic: selection strength, fitness = 1 - theta * loss
+    sharing: str = "none"  # genetic: none | random (each coefficient a random +-1 sum of `genes`
+    #                        genes drawn from a pool shared by all coefficients)
+    sigma: float = 0.1  # ga: mutation std | es: perturbation std
+    truncation: float = 0.25  # ga: fraction of the population kept as parents
+    elites: int = 1  # ga: best members copied unchanged into the next generation
+    lr: float = 1e-2  # Adam learning rate: the ES mean; GD in `compare`
+    weight_decay: float = 0.01  # L2: every loss gets + weight_decay/2 ||rule||^2 (GD: Adam's)
+    learn: str = "output"  # rule space: output table | both: RNN + output | rnn (perceptron output)
+    mode: str = "additive"  # additive | multiplicative rule application
+    update_on: str = "mistakes"  # mistakes | all examples
+    output_rows: str = "label_pred"  # label_pred | all output rows
+    rnn_init: float = 1.0  # std of the initial RNN rule table
+    output_init: float = 1.0  # std of the initial output rule table (the common start)
+    episodes: int = 4  # E: episodes (networks) per member, the same for every member
+    batch: int = 100  # B: examples per episode
+    workers: int = 0  # Ray actors evaluating chunks of the population (0 = in-process, no Ray)
+    cpus_per_worker: float = 1.0  # CPUs per actor (also its torch threads, at least 1)
+    gpus_per_worker: float = 0.0  # GPUs per actor (> 0: the actor evaluates on CUDA)
+
+    def __post_init__(self):
+        super().__post_init__()
+        _choice("strategy", self.strategy, STRATEGIES)
+        _choice("sharing", self.sharing, SHARING)
+        _choice("learn", self.learn, ("output", "both", "rnn"))
+        _choice("mode", self.mode, MODES)
+        _choice("update_on", self.update_on, UPDATE_ON)
+        _choice("output_rows", self.output_rows, OUTPUT_ROWS)
+        if self.population < 2:
+            raise PlasticityError(f"population={self.population} must be >= 2")
+        _positive(self, "generations", "genes", "eps", "theta", "sigma", "lr", "episodes", "batch")
+        _positive(self, "weight_decay", "workers", "cpus_per_worker", "gpus_per_worker",
+                  "elites", "rnn_init", "output_init", allow_zero=True)
+        if not 0.0 < self.truncation <= 1.0:
+            raise PlasticityError(f"truncation={self.truncation} must lie in (0, 1]")
+        if self.strategy == "ga" and self.elites >= self.population:
+            raise PlasticityError(f"elites={self.elites} must be < population={self.population}")
+        if self.strategy == "es" and self.population % 2:
+            raise PlasticityError(f"population={self.population}: es samples antithetic pairs, "
+                                  "use an even population")
+        if self.workers > 0 and self.cpus_per_worker <= 0 and self.gpus_per_worker <= 0:
+            raise PlasticityError("cpus_per_worker=0 and gpus_per_worker=0: give each actor a "
+                                  "resource")
+        self.meta_config()  # the rule space must be one GD can learn (e.g. learn=both needs T>=2)
+
+    def meta_config(self, **over) -> MetaConfig:
+        """The meta-learning GD config of the same task, rule space, start and episodes."""
+        common = {f: getattr(self, f) for f in Common.__dataclass_fields__}
+        same = {f: getattr(self, f) for f in ("learn", "mode", "update_on", "output_rows",
+                                              "rnn_init", "output_init", "episodes", "batch",
+                                              "lr", "weight_decay")}
+        return MetaConfig(**{**common, **same, "rule_param": "table", **over})
+
+
+@dataclass(frozen=True)
+class CompareConfig(EvolutionConfig):
+    """Evolution against meta-learning GD on the same task, rule space, start and data."""
+
+    gd_steps: int = 0  # GD steps (0 = as many inner-loop examples as the evolution run used)
+    seeds: int = 1  # runs with seeds seed .. seed + seeds - 1
+    eval_train: int = 2000  # training examples of the final-rule evaluation (fresh networks)
+    eval_examples: int = 2000  # test examples of that evaluation
+    eval_networks: int = 3  # fresh networks in that evaluation
+
+    def __post_init__(self):
+        super().__post_init__()
+        _positive(self, "seeds", "eval_train", "eval_examples", "eval_networks")
+        _positive(self, "gd_steps", allow_zero=True)
+
+
+@dataclass(frozen=True)
+class TheoryConfig(EvolutionConfig):
+    """The 6.6 check: infinite-population allele dynamics against the two predicted GD forms."""
+
+    thetas: str = "0.1,0.3,1.0"  # selection strengths to run (comma-separated)
+    epss: str = "0.25"  # allele effect sizes to run (comma-separated)
+
+    def __post_init__(self):
+        super().__post_init__()
+        for name in ("thetas", "epss"):
+            values = parse_floats(name, getattr(self, name))
+            if any(v <= 0 for v in values):
+                raise PlasticityError(f"{name}={getattr(self, name)}: every value must be > 0")
+
+
+def parse_floats(name: str, text: str) -> list[float]:
+    """'0.1,0.3' -> [0.1, 0.3]; anything else is a one-line error naming ``name``."""
+    try:
+        out = [float(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise PlasticityError(f"{name}='{text}' must be comma-separated numbers") from None
+    if not out:
+        raise PlasticityError(f"{name}='{text}' must list at least one number")
+    return out
+
+
+SMOKE = {"n_train": 600, "n_test": 500, "neurons": 40, "k": 20, "episodes": 2, "batch": 20,
+         "population": 8, "generations": 3, "genes": 10}
+PRESETS = {
+    "evolve": {
+        "smoke": SMOKE,
+        "quick": {"population": 64, "generations": 40, "batch": 50},
+        "paper": {"population": 256, "generations": 200, "genes": 50, "eps": 0.1, "dtype": "float64"},
+    },
+    "compare": {
+        "smoke": {**SMOKE, "eval_train": 300, "eval_examples": 300, "eval_networks": 1},
+        "quick": {"strategy": "genetic", "infinite": True, "generations": 60, "batch": 50,
+                  "seeds": 3},
+        "paper": {"generations": 200, "seeds": 5, "eval_train": 10000, "eval_examples": 10000},
+    },
+    "evolve-theory": {
+        "smoke": {**SMOKE, "thetas": "0.3,1.0", "infinite": True},
+        "quick": {"infinite": True, "generations": 30, "batch": 50, "thetas": "0.1,0.3,1.0",
+                  "epss": "0.1,0.25"},
+        "paper": {"infinite": True, "generations": 100, "thetas": "0.03,0.1,0.3,1.0",
+                  "epss": "0.05,0.1,0.25,0.5"},
+    },
+}

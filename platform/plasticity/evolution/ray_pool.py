@@ -1,0 +1,107 @@
+"""Distributed population evaluation on long-lived Ray actors: the only module importing ray.
+
+Each actor builds its evaluator once (data, the E episode networks) and then evaluates one chunk
+of every generation's population as one batched computation on its device. The driver splits the
+population into one contiguous chunk per actor and concatenates the answers in member order.
+An actor's losses are a pure function of (config, rules, example batch), so which actor
+evaluates which chunk, and how many actors there are, cannot change a result. If an actor dies,
+its chunk is evaluated again on a fresh replacement actor.
+
+Works on an embedded local Ray (started here, stopped on ``close``) or on an existing cluster
+(``address``, e.g. ``ray://head:10001`` or ``auto``).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
+import numpy as np
+import ray
+
+from .. import PlasticityError
+from ..config import MetaConfig, from_dict, to_dict
+
+RETRIES = 3  # replacement actors tried for one chunk before giving up
+
+
+@ray.remote(max_restarts=0)
+class _Worker:
+    """One actor: an evaluator for the run's config on its device."""
+
+    def __init__(self, cfg: dict, device: str, threads: int, data_root: str | None):
+        import torch
+
+        from ..data import load_dataset
+        from .evaluate import PopulationEvaluator
+
+        torch.set_num_threads(threads)
+        meta = from_dict(MetaConfig, cfg)
+        data = load_dataset(meta.dataset, data_seed=meta.data_seed, inputs=meta.inputs,
+                            root=data_root)
+        self.evaluator = PopulationEvaluator(meta, data, device)
+
+    def losses(self, coeffs: np.ndarray, idx: np.ndarray) -> np.ndarray:
+        return self.evaluator.losses(coeffs, idx)
+
+    def pid(self) -> int:
+        return os.getpid()
+
+
+class RayPool:
+    """``workers`` actors with ``cpus``/``gpus`` each; ``losses(coeffs, idx, generation)``.
+
+    ``chaos`` is a fault-injection hook for tests and drills: {generation: actor index} kills
+    that actor right after the generation's chunks are submitted."""
+
+    def __init__(self, meta: MetaConfig, workers: int, cpus: float = 1.0, gpus: float = 0.0, *,
+                 address: str | None = None, data_root: str | None = None):
+        self.started = False
+        if not ray.is_initialized():
+            if address:
+                ray.init(address=address, log_to_driver=False)
+            else:
+                need = max(os.cpu_count() or 1, math.ceil(workers * cpus))
+                ray.init(num_cpus=need, include_dashboard=False, log_to_driver=False)
+            self.started = True
+        self.cpus, self.gpus = cpus, gpus
+        device = "cuda" if gpus > 0 else "cpu"
+        self.args = (to_dict(meta), device, max(1, int(cpus)), data_root)
+        self.actors = [self._new() for _ in range(workers)]
+        self.pids = ray.get([a.pid.remote() for a in self.actors])  # wait until all are up
+        self.chaos: dict[int, int] = {}
+        self.replaced = 0
+
+    def _new(self):
+        return _Worker.options(num_cpus=self.cpus, num_gpus=self.gpus).remote(*self.args)
+
+    def losses(self, coeffs: np.ndarray, idx: np.ndarray, generation: int = 0) -> np.ndarray:
+        """Losses [n] of members coeffs [n, P] on batch idx [E, B]: one chunk per actor."""
+        chunks = [c for c in np.array_split(np.arange(coeffs.shape[0]), len(self.actors)) if c.size]
+        idx_ref = ray.put(np.asarray(idx))
+        refs = [a.losses.remote(coeffs[c], idx_ref) for a, c in zip(self.actors, chunks)]
+        if generation in self.chaos:
+            ray.kill(self.actors[self.chaos.pop(generation)], no_restart=True)
+        out = []
+        for i, (c, ref) in enumerate(zip(chunks, refs)):
+            for _ in range(RETRIES + 1):
+                try:
+                    out.append(ray.get(ref))
+                    break
+                except ray.exceptions.RayActorError:
+                    self.actors[i] = self._new()
+                    self.replaced += 1
+                    ref = self.actors[i].losses.remote(coeffs[c], idx_ref)
+            else:
+                raise PlasticityError(f"actor {i} died {RETRIES + 1} times on one chunk: check the "
+                                      "cluster's resources and logs")
+        return np.concatenate(out)
+
+    def close(self) -> None:
+        for a in self.actors:
+            ray.kill(a, no_restart=True)
+        self.actors = []
+        if self.started:
+            ray.shutdown()

@@ -1,0 +1,137 @@
+"""Evolutionary searches over the rule space on one ask / evaluate / tell interface.
+
+A strategy holds its state as plain numpy arrays (JSON-able, see ``state_dict``):
+
+- ``ask(g) -> members [n, P]``: the rules to evaluate in generation g;
+- (the driver evaluates their losses, anywhere: in process or on Ray actors);
+- ``tell(g, members, losses [n])``: update the state from the losses (lower is better);
+- ``center() -> [P]``: the strategy's current rule (genetic: the mean phenotype; GA: the best
+  member so far kept as elite; ES: the search mean).
+
+All randomness is drawn on the driver from ``numpy_rng(seed, "evolution", g, ...)``: keyed by the
+generation, never by an actor, so scheduling cannot change a result. Strategies minimise losses;
+only the genetic model turns them into a fitness (genetics.py).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..seeding import numpy_rng
+from .genetics import GeneticFinite, GeneticInfinite
+
+
+class GA:
+    """Simple GA: truncation selection, Gaussian mutation, elitism.
+
+    Generation 0 is the start rule plus N - 1 mutants of it. Each next generation keeps the
+    ``elites`` best members unchanged and fills the rest with mutants (std ``sigma``) of parents
+    drawn uniformly from the best ``truncation`` fraction."""
+
+    name = "ga"
+
+    def __init__(self, cfg, start: np.ndarray):
+        self.cfg = cfg
+        rng = numpy_rng(cfg.seed, "evolution", "ga-init")
+        noise = cfg.sigma * rng.standard_normal((cfg.population - 1, start.shape[0]))
+        self.population = np.concatenate([start[None], start[None] + noise])
+        self.best = start.copy()
+
+    def ask(self, generation: int) -> np.ndarray:
+        return self.population.copy()
+
+    def tell(self, generation: int, members: np.ndarray, losses: np.ndarray) -> None:
+        cfg = self.cfg
+        order = np.argsort(losses, kind="stable")
+        n_parents = max(1, int(round(cfg.truncation * cfg.population)))
+        parents = members[order[:n_parents]]
+        rng = numpy_rng(cfg.seed, "evolution", generation, "ga")
+        pick = rng.integers(0, n_parents, size=cfg.population - cfg.elites)
+        children = parents[pick] + cfg.sigma * rng.standard_normal((pick.shape[0], members.shape[1]))
+        self.population = np.concatenate([members[order[:cfg.elites]], children])
+        self.best = members[order[0]].copy()
+
+    def center(self) -> np.ndarray:
+        return self.best.copy()
+
+    def stats(self) -> dict[str, float]:
+        return {"rule_spread": float(self.population.std(0).mean())}
+
+    def state_dict(self) -> dict:
+        return {"population": self.population.tolist(), "best": self.best.tolist()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.population = np.asarray(state["population"], dtype=np.float64)
+        self.best = np.asarray(state["best"], dtype=np.float64)
+
+
+def centred_ranks(losses: np.ndarray) -> np.ndarray:
+    """Ranks scaled to [-0.5, 0.5] (lowest loss -> -0.5); ties broken by position."""
+    ranks = np.empty(losses.shape[0])
+    ranks[np.argsort(losses, kind="stable")] = np.arange(losses.shape[0])
+    return ranks / max(losses.shape[0] - 1, 1) - 0.5
+
+
+class ES:
+    """Evolution strategy (Salimans et al. 2017 style): antithetic pairs mean +- sigma z,
+    centred ranks of the losses, gradient estimate sum_k (u_k+ - u_k-) z_k / (N sigma), and an
+    Adam step of the mean with ``lr`` (the L2 term is inside the losses)."""
+
+    name = "es"
+    BETAS = (0.9, 0.999)
+
+    def __init__(self, cfg, start: np.ndarray):
+        self.cfg = cfg
+        self.mean = start.copy()
+        self.m1 = np.zeros_like(start)
+        self.m2 = np.zeros_like(start)
+        self.t = 0
+
+    def _noise(self, generation: int) -> np.ndarray:
+        rng = numpy_rng(self.cfg.seed, "evolution", generation, "es")
+        return rng.standard_normal((self.cfg.population // 2, self.mean.shape[0]))
+
+    def ask(self, generation: int) -> np.ndarray:
+        z = self._noise(generation)
+        s = self.cfg.sigma
+        return np.concatenate([self.mean + s * z, self.mean - s * z])
+
+    def tell(self, generation: int, members: np.ndarray, losses: np.ndarray) -> None:
+        z = self._noise(generation)
+        u = centred_ranks(np.asarray(losses))
+        half = z.shape[0]
+        grad = (u[:half] - u[half:]) @ z / (self.cfg.population * self.cfg.sigma)
+        b1, b2 = self.BETAS
+        self.t += 1
+        self.m1 = b1 * self.m1 + (1 - b1) * grad
+        self.m2 = b2 * self.m2 + (1 - b2) * grad**2
+        step = (self.m1 / (1 - b1**self.t)) / (np.sqrt(self.m2 / (1 - b2**self.t)) + 1e-8)
+        self.mean = self.mean - self.cfg.lr * step
+
+    def center(self) -> np.ndarray:
+        return self.mean.copy()
+
+    def stats(self) -> dict[str, float]:
+        return {"rule_norm": float(np.linalg.norm(self.mean))}
+
+    def state_dict(self) -> dict:
+        return {"mean": self.mean.tolist(), "m1": self.m1.tolist(), "m2": self.m2.tolist(),
+                "t": self.t}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.mean = np.asarray(state["mean"], dtype=np.float64)
+        self.m1 = np.asarray(state["m1"], dtype=np.float64)
+        self.m2 = np.asarray(state["m2"], dtype=np.float64)
+        self.t = int(state["t"])
+
+
+def make_strategy(cfg, start: np.ndarray):
+    """The strategy of ``cfg.strategy`` (genetic: finite or ``cfg.infinite``) from rule c [P]."""
+    if cfg.strategy == "genetic":
+        return (GeneticInfinite if cfg.infinite else GeneticFinite)(cfg, start)
+    return {"ga": GA, "es": ES}[cfg.strategy](cfg, start)
+
+
+def method_name(cfg) -> str:
+    """Provenance method: genetic | genetic-infinite | ga | es."""
+    return "genetic-infinite" if cfg.strategy == "genetic" and cfg.infinite else cfg.strategy
