@@ -26,6 +26,7 @@ COMMAND_MODULES = (
     "plasticity.cli",
     "plasticity.robustness.command",
     "plasticity.transfer_command",
+    "plasticity.transfer_command",
     "plasticity.evolution.command",
 )
 

@@ -7,12 +7,17 @@ network shape with the same T (rules are indexed by firing histories only, PAPER
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 
+import numpy as np
+import torch
+
+from . import PlasticityError
 from .config import TrainConfig
 from .data import load_dataset
 from .experiment import run_networks, run_tensors
 from .learning import TrainResult, example_orders, train_with_rule
-from .rules import Rule, Scheme
+from .rules import LayerRule, Rule, Scheme
 from .seeding import torch_generator
 
 
@@ -41,3 +46,61 @@ def with_scheme(rule: Rule, update_on: str = "rule", output_rows: str = "rule") 
     scheme = Scheme(rule.scheme.update_on if update_on == "rule" else update_on,
                     rule.scheme.output_rows if output_rows == "rule" else output_rows)
     return dataclasses.replace(rule, scheme=scheme)
+
+
+def lift_rule(rule: Rule, T: int, rnn: Rule | None = None) -> Rule:
+    """A T=1 rule lifted to a T-round network: its output table is applied to the last round's
+    firing bit (the bit h_T reflects, as the classic rules do for T > 1); the recurrent weights
+    learn by ``rnn``'s RNN rule (a T-round rule), or stay at 0 when ``rnn`` is None. With W = 0
+    and ``recurrence="paper"`` every round repeats round 1, so the lifted network computes exactly
+    what the T=1 network does."""
+    if rule.T != 1:
+        raise PlasticityError(f"only T=1 rules can be lifted; this rule has T={rule.T}")
+    if rnn is not None and (rnn.T != T or rnn.rnn is None):
+        raise PlasticityError(f"lift_rnn must be a T={T} rule with an RNN rule (it has "
+                              f"T={rnn.T}, RNN rule {'present' if rnn.rnn is not None else 'absent'})")
+    last = torch.arange(2**T) & 1
+    output = LayerRule.from_table("output", T, rule.output.table()[last])
+    prov = {"method": "lifted", "from": rule.provenance, "T": T,
+            "rnn_from": None if rnn is None else rnn.provenance}
+    return Rule(T, output, None if rnn is None else rnn.rnn, rule.mode, rule.scheme, prov)
+
+
+@dataclass
+class CellResult:
+    """One transfer cell: ``seeds`` networks x ``orders`` example orders each (N = product)."""
+
+    accuracy: np.ndarray  # [N] final test accuracy, network-major (seed s, order o at s*orders+o)
+    updates: np.ndarray  # [N] weight updates applied (mistakes with the default scheme)
+    examples: list[int]  # curve x: examples seen
+    curve: np.ndarray  # [points, N] accuracy on the eval subset
+    gd: object = None  # baselines.BaselineResult on the same networks and orders, or None
+
+
+def transfer_cell(rule: Rule, data, *, neurons: int, k: int, T: int, seeds: int, orders: int,
+                  seed: int = 0, p: float = 0.5, n_train: int = 0, n_test: int = 0,
+                  passes: int = 1, eta: float = 0.01, eval_every: int = 500,
+                  eval_examples: int = 1000, dtype: str = "float32", gd: str = "none",
+                  gd_lr: float = 1e-2, gd_batch: int = 1, device="cpu") -> CellResult:
+    """Train fresh networks of shape (neurons, k, T) on ``data`` with the frozen ``rule``:
+    networks ``0..seeds-1`` drawn as in ``run_train`` (key "networks"), each trained from
+    ``orders`` example orders. ``gd`` = "output" | "full" also trains the same networks with the
+    same orders by Adam (``baselines.train_gd``), the accuracy-against-updates comparison."""
+    from .baselines import train_gd
+
+    rule.check_network(T)
+    cfg = TrainConfig(seed=seed, dataset=data.name, neurons=neurons, k=k, p=p, T=T,
+                      n_train=n_train, n_test=n_test, passes=passes, eta=eta, dtype=dtype,
+                      networks=seeds, eval_every=eval_every, eval_examples=eval_examples)
+    x_tr, y_tr, x_te, y_te = run_tensors(cfg, data, device)
+    nets = run_networks(cfg, data, seeds, device)
+    nets = nets.select(torch.arange(seeds, device=device).repeat_interleave(orders))
+    order = example_orders(seeds * orders, x_tr.shape[0], passes,
+                           torch_generator(seed, "transfer-order"), device)
+    res = train_with_rule(nets, rule, x_tr, y_tr, x_te, y_te, order=order, eta=eta,
+                          eval_every=eval_every, eval_examples=eval_examples)
+    gd_res = None
+    if gd != "none":
+        gd_res = train_gd(nets, x_tr, y_tr, x_te, y_te, order=order, method=gd, batch=gd_batch,
+                          lr=gd_lr, eval_every=eval_every, eval_examples=eval_examples, seed=seed)
+    return CellResult(res.test_accuracy, res.updates, res.examples, res.curve, gd_res)

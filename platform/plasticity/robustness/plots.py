@@ -18,7 +18,7 @@ PAPER_FIG5 = {"rule, T=3": [83, 73, 68, 68, 59, 46, 41, 36, 35],
 PAPER_EPS = [0.5 * i for i in range(9)]
 
 
-def _plt():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
@@ -29,7 +29,7 @@ def _plt():
 
 def plot_curves(result: dict, path: Path) -> Path:
     """One run: raw accuracy of each attack (dashed) and the worst case (solid) against eps."""
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     eps = result["eps"]
     for a, v in result["raw"].items():
@@ -49,7 +49,7 @@ def plot_curves(result: dict, path: Path) -> Path:
 def plot_fig5(runs: dict[str, dict], path: Path, paper: bool = True) -> Path:
     """Several runs (label -> result): the paper's attack (dashed) and the worst case of all
     attacks (solid), with the paper's Fig. 5 curves dotted."""
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for i, (label, r) in enumerate(runs.items()):
         c = f"C{i}"
@@ -79,7 +79,7 @@ def plot_examples(eps: list[float], examples: list[list[dict]], path: Path) -> P
     if chosen is None or math.isqrt(len(chosen[1][0]["x"])) ** 2 != len(chosen[1][0]["x"]):
         return None
     e, ex = chosen
-    plt = _plt()
+    plt = pyplot()
     side = math.isqrt(len(ex[0]["x"]))
     fig, axes = plt.subplots(2, len(ex), figsize=(1.8 * len(ex), 4), squeeze=False)
     for j, item in enumerate(ex):
