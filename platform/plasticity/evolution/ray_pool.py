@@ -61,7 +61,7 @@ class RayPool:
         self.started = False
         if not ray.is_initialized():
             if address:
-                ray.init(address=address, log_to_driver=False)
+                ray.init(address=address, include_dashboard=False, log_to_driver=False)
             else:
                 need = max(os.cpu_count() or 1, math.ceil(workers * cpus))
                 ray.init(num_cpus=need, include_dashboard=False, log_to_driver=False)
