@@ -1,0 +1,78 @@
+"""Ray Tune function trainables: a config dict in, a ``plasticity`` command's handler, tune.report.
+
+One adapter serves every command (meta-learning by GD, evolution, rule-based training/transfer,
+attacks): a trial is ``Command.handler`` of a registered command with its config built from the
+trial's sampled fields over a preset, and a sink that forwards the handler's metrics to
+``tune.report``. The last report carries a checkpoint (the trial's output folder: result.json,
+events.jsonl, the rules). A trial that already finished (its folder holds DONE.json) reports its
+stored result instead of running again, so a resumed sweep never re-runs a finished trial.
+Trials never talk to MLflow: the driver logs them (plasticity.sweep).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from plasticity.config import to_dict
+from plasticity.events import FanOut, JsonlSink, Sink
+from plasticity.rules.io import atomic_write_text, save_rule
+
+DONE = "DONE.json"  # final metrics of a finished trial
+RULES = "rules.json"  # {name: {"file": path relative to the folder, "learned": bool}}
+
+
+class TuneSink(Sink):
+    """Forward each metrics event to ``tune.report``; collect rules; report the end."""
+
+    def __init__(self, out: Path):
+        self.out, self.latest, self.step, self.rules = out, {}, 0, {}
+
+    def metrics(self, metrics, step=None):
+        from ray import tune
+
+        self.step = self.step if step is None else int(step)
+        clean = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
+        self.latest.update(clean)
+        tune.report({**clean, "step": self.step})
+
+    def rule(self, name, rule, path=None):
+        key = name.replace("/", "_")
+        if path is None or not Path(path).resolve().is_relative_to(self.out.resolve()):
+            path = save_rule(rule, self.out / "rules" / f"{key}.json")
+        self.rules[name] = {"file": str(Path(path).resolve().relative_to(self.out.resolve())),
+                            "learned": path is not None}
+
+    def finish(self, command: str, result: dict) -> dict:
+        """The final metrics: every latest value plus the result's scalars as ``command/key``."""
+        final = {**self.latest, "step": self.step,
+                 **{f"{command}/{k}": float(v) for k, v in result.items()
+                    if isinstance(v, (int, float)) and not isinstance(v, bool)}}
+        atomic_write_text(self.out / RULES, json.dumps(self.rules))
+        atomic_write_text(self.out / DONE, json.dumps(final))
+        return final
+
+
+def command_trainable(config: dict, command: str, preset: str | None, root: str) -> None:
+    """Run ``plasticity <command> --preset <preset>`` with ``config`` as ``--set`` fields, output
+    in ``root/<trial id>`` (an absolute path: Tune trials run in other working directories)."""
+    import ray
+    from plasticity.platform_commands import prepare_command
+    from ray import tune
+    from ray.tune import Checkpoint
+
+    out = Path(root) / tune.get_context().get_trial_id()
+    if (out / DONE).is_file():  # finished before the driver was stopped: report, do not re-run
+        tune.report(json.loads((out / DONE).read_text()), checkpoint=Checkpoint.from_directory(out))
+        return
+    cmd, cfg, args = prepare_command(command, preset, config, out)
+    sink = TuneSink(out)
+    events = FanOut(JsonlSink(out / "events.jsonl"), sink)
+    events.params(to_dict(cfg))
+    status = "FAILED"
+    try:
+        result = cmd.handler(cfg, args, "cuda" if ray.get_gpu_ids() else "cpu", events)
+        status = "FINISHED"
+    finally:
+        events.close(status)
+    tune.report(sink.finish(command, result), checkpoint=Checkpoint.from_directory(out))

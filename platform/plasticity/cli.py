@@ -70,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p.add_argument("name", choices=sorted(STUDIES))
     _shared(p)
+    from .platform_commands import add_parsers
+
+    add_parsers(sub, _shared)  # sweep, reproduce, ui
     return parser
 
 
@@ -228,6 +231,13 @@ def run(argv: list[str] | None = None) -> int:
 
         root = prepare_data_root(args.root, args.source)
         print(f"data ready in {root}")
+        return 0
+    from . import platform_commands
+
+    if args.command in platform_commands.NAMES:
+        result = platform_commands.run(args)
+        print(json.dumps(result, default=jsonable) if getattr(args, "json", False)
+              else result.get("summary", ""))
         return 0
     sets = parse_sets(args.sets)
     device = resolve_device(args.device)

@@ -108,6 +108,13 @@ class Store:
                           tags=tags, out=out, run_id=run_id, register=register)
 
 
+def child_runs(store: Store, parent_run_id: str, experiment: str = EXPERIMENT) -> list:
+    """The active child runs of a parent run (MLflow ``Run`` objects)."""
+    return store.client.search_runs([store.experiment_id(experiment)],
+                                    filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'",
+                                    max_results=10000)
+
+
 def open_store(uri: str) -> Store:
     """Open (and for sqlite create) the store; an unreachable one is a one-line error."""
     if uri.startswith(("http://", "https://")):
@@ -188,6 +195,17 @@ class MlflowSink(Sink):
             self._logged.update(existing)
         self._flush_params()
         return self.run_id
+
+    def reopen(self) -> None:
+        """Mark an existing run RUNNING again (a resumed sweep's parent)."""
+        self.start()
+        self.client.update_run(self.run_id, status="RUNNING")
+
+    def delete(self) -> None:
+        """Soft-delete the run (a trial that will be run again): it leaves the default views."""
+        if self.run_id is not None:
+            self.client.delete_run(self.run_id)
+        self.closed = True
 
     def _flush_params(self) -> None:
         if self.run_id is None:

@@ -1,0 +1,266 @@
+"""``plasticity sweep SPACE``: a named search space on Ray Tune, every trial an MLflow child run.
+
+The driver opens the tracking store (creating a sqlite schema) before Ray starts a worker, makes
+the sweep's parent run, and logs every trial from a Tune callback: trials only report to Tune, so
+workers never touch a sqlite store. The sweep lives in ``--out`` (``tune/`` is Tune's
+experiment folder, ``sweep.json`` the parent run's id): after the driver is killed,
+``--resume`` restores it; finished trials are not run again (Tune knows them, and a trial that
+finished after Tune's last snapshot finds its DONE.json and only re-reports it). A trial's child
+run that was cut off is deleted and logged afresh. Seeded: the search algorithm draws from
+``--seed``; PBT's perturbations from Python's ``random`` seeded the same way.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import ray
+from ray import tune
+
+from . import PlasticityError
+from .commands import write_json
+from .report import markdown_table
+from .rules.io import load_rule
+
+EXPERIMENT = "plasticity"
+
+
+class TrialLogger(tune.Callback):
+    """Log each trial as a child run of the sweep's parent run (driver side, batched)."""
+
+    def __init__(self, uri: str, parent_run_id: str, command: str):
+        self.uri, self.parent_run_id, self.command = uri, parent_run_id, command
+        self._store, self._sinks, self._last = None, {}, {}
+
+    def __getstate__(self):  # pickled into Tune's experiment state: no live client
+        return {"uri": self.uri, "parent_run_id": self.parent_run_id, "command": self.command}
+
+    def __setstate__(self, state):
+        self.__init__(**state)
+
+    def _sink(self, trial):
+        tid = trial.trial_id
+        if tid in self._sinks:
+            return self._sinks[tid]
+        from .tracking import child_runs, open_store
+
+        if self._store is None:
+            self._store = open_store(self.uri)
+        sink = None
+        for run in child_runs(self._store, self.parent_run_id, EXPERIMENT):
+            if run.data.tags.get("trial_id") != tid:
+                continue
+            if run.info.status == "FINISHED":
+                self._sinks[tid] = None  # logged completely before a restart: leave it
+                return None
+            self._store.sink(tid, run_id=run.info.run_id).delete()  # cut off: log afresh
+        sink = self._store.sink(str(trial), experiment=EXPERIMENT, parent_run_id=self.parent_run_id,
+                                tags={"trial_id": tid, "plasticity.command": self.command},
+                                register=False)
+        sink.params(trial.config)
+        sink.start()
+        self._sinks[tid] = sink
+        return sink
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self._sink(trial)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        sink = self._sink(trial)
+        if sink is None:
+            return
+        sink.params(trial.config)  # PBT mutations become hparam/<key> metrics
+        step = int(result.get("step", result.get("training_iteration", 0)))
+        last = self._last.setdefault(trial.trial_id, {})
+        new = {k: v for k, v in result.items() if "/" in k and isinstance(v, (int, float))
+               and not isinstance(v, bool) and last.get(k) != (step, v)}
+        last.update({k: (step, v) for k, v in new.items()})
+        if new:
+            sink.metrics(new, step=step)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        sink = self._sink(trial)
+        if sink is None:
+            return
+        ckpt = trial.checkpoint
+        if ckpt is None:
+            sink.close("FINISHED")
+            return
+        with ckpt.as_directory() as d:
+            if (Path(d) / "result.json").is_file():  # the full config, preset fields included
+                sink.params(json.loads((Path(d) / "result.json").read_text()).get("config", {}))
+            rules = Path(d) / "rules.json"
+            for name, r in (json.loads(rules.read_text()) if rules.is_file() else {}).items():
+                f = Path(d) / r["file"]
+                sink.rule(name, load_rule(f), f if r["learned"] else None)
+            sink.out = Path(d)
+            sink.close("FINISHED")
+        print(f"[sweep] {trial} finished", file=sys.stderr, flush=True)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        sink = self._sink(trial)
+        if sink is not None:
+            sink.close("FAILED")
+        print(f"[sweep] {trial} FAILED (see {trial.local_path})", file=sys.stderr, flush=True)
+
+
+def _scheduler(name: str, space, seed: int):
+    if name == "asha":
+        from ray.tune.schedulers import ASHAScheduler
+
+        return ASHAScheduler(time_attr="training_iteration", grace_period=2, reduction_factor=2,
+                             max_t=10**6)
+    if name == "pbt":
+        from ray.tune.schedulers import PopulationBasedTraining
+
+        if not space.pbt:
+            raise PlasticityError("this search space defines no PBT mutations: use --scheduler asha or none")
+        random.seed(seed)
+        np.random.seed(seed % 2**32)
+        return PopulationBasedTraining(time_attr="training_iteration", perturbation_interval=2,
+                                       hyperparam_mutations=dict(space.pbt))
+    return None
+
+
+def _trainable(space, cpus: float, gpus: float, root: Path):
+    from trainables import command_trainable
+
+    fn = tune.with_parameters(command_trainable, command=space.command, preset=space.preset,
+                              root=str(root))
+    return tune.with_resources(fn, {"cpu": cpus, "gpu": gpus})
+
+
+def _start_ray(address: str | None) -> bool:
+    """Connect to ``address`` or start a local Ray; True when this call started it."""
+    if ray.is_initialized():
+        return False
+    try:
+        ray.init(address=address or "local", include_dashboard=False, log_to_driver=False,
+                 configure_logging=False)
+    except (ConnectionError, ValueError, RuntimeError) as exc:
+        raise PlasticityError(f"cannot reach the Ray cluster at {address}: "
+                              f"{str(exc).splitlines()[0][:200]}") from None
+    return True
+
+
+def run_sweep(args) -> dict:
+    """Run (or resume) a sweep; returns the per-trial table and the best trial."""
+    from search_spaces import get_space
+
+    from .cli import all_commands, tracking_uri
+
+    space = get_space(args.space)
+    if space.command not in all_commands():
+        raise PlasticityError(f"space '{args.space}' runs '{space.command}', which this build lacks")
+    if args.samples < 1:
+        raise PlasticityError(f"--samples {args.samples} must be >= 1")
+    seed = 0 if args.seed is None else args.seed
+    out = (args.out or Path("runs") / f"sweep-{args.space}").resolve()
+    exp_dir, state_file = out / "tune", out / "sweep.json"
+    uri = tracking_uri(args)
+    store = None
+    if uri is not None:
+        from .tracking import open_store
+
+        store = open_store(uri)  # the driver creates the store before any worker runs
+    if args.resume:
+        if not (state_file.is_file() and tune.Tuner.can_restore(str(exp_dir))):
+            raise PlasticityError(f"nothing to resume in {out}: start the sweep without --resume")
+        state = json.loads(state_file.read_text())
+        if state["space"] != args.space:
+            raise PlasticityError(f"{out} holds a sweep of '{state['space']}', not '{args.space}'")
+    elif exp_dir.exists():
+        raise PlasticityError(f"{exp_dir} exists: pass --resume to continue it, or another --out")
+    else:
+        state = {"space": args.space, "samples": args.samples, "scheduler": args.scheduler,
+                 "seed": seed, "command": space.command, "preset": space.preset,
+                 "tracking_uri": uri, "parent_run_id": None}
+    parent = None
+    if store is not None:
+        parent = store.sink(f"sweep {args.space}", experiment=EXPERIMENT,
+                            tags={"plasticity.command": "sweep", "sweep.space": args.space},
+                            run_id=state.get("parent_run_id"), register=False)
+        parent.params({k: v for k, v in state.items() if k not in ("parent_run_id", "tracking_uri")}
+                      | {"metric": space.metric, "mode": space.mode})
+        parent.reopen() if state.get("parent_run_id") else parent.start()
+        state["parent_run_id"] = parent.run_id
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(state_file, state)
+
+    os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # verbose=0 is quiet; our callback reports
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
+    owned = _start_ray(args.address)
+    t0 = time.time()
+    try:
+        gpus = args.gpus_per_trial
+        if gpus is None:
+            gpus = space.gpus if ray.cluster_resources().get("GPU", 0) >= space.gpus > 0 else 0.0
+        trainable = _trainable(space, args.cpus_per_trial, gpus, out / "trials")
+        callbacks = [] if parent is None else [TrialLogger(uri, parent.run_id, space.command)]
+        if args.resume:
+            tuner = tune.Tuner.restore(str(exp_dir), trainable, resume_unfinished=True,
+                                       resume_errored=True)
+        else:
+            from ray.tune.search.basic_variant import BasicVariantGenerator
+
+            tuner = tune.Tuner(
+                trainable, param_space=dict(space.params),
+                tune_config=tune.TuneConfig(
+                    num_samples=args.samples, metric=space.metric, mode=space.mode,
+                    search_alg=BasicVariantGenerator(random_state=seed),
+                    scheduler=_scheduler(args.scheduler, space, seed), reuse_actors=True),
+                run_config=tune.RunConfig(name="tune", storage_path=str(out), callbacks=callbacks,
+                                          verbose=0, failure_config=tune.FailureConfig(max_failures=0)))
+        grid = tuner.fit()
+    except KeyboardInterrupt:
+        if parent is not None:
+            parent.close("KILLED")
+        raise
+    finally:
+        if owned:
+            ray.shutdown()
+    rows, best = [], None
+    for r in grid:
+        value = (r.metrics or {}).get(space.metric)
+        row = {"trial_id": (r.metrics or {}).get("trial_id"), "config": r.config,
+               space.metric: value, "error": None if r.error is None else str(r.error).splitlines()[0]}
+        rows.append(row)
+        if value is not None and (best is None or (value < best[space.metric]) == (space.mode == "min")):
+            best = row
+    rows.sort(key=lambda r: str(r["trial_id"]))
+    keys = sorted({k for r in rows for k in (r["config"] or {})})
+    table = markdown_table(["trial", *keys, space.metric],
+                           [[r["trial_id"], *[_short(r["config"].get(k)) for k in keys],
+                             _short(r[space.metric])]
+                            for r in rows])
+    result = {"command": "sweep", "space": args.space, "metric": space.metric, "mode": space.mode,
+              "trials": rows, "best": best, "errors": sum(r["error"] is not None for r in rows),
+              "parent_run_id": state["parent_run_id"], "out": str(out), "seconds": time.time() - t0}
+    (out / "sweep.md").write_text(f"# Sweep {args.space} ({space.command}, preset {space.preset})\n\n"
+                                  + table)
+    write_json(out / "result.json", result)
+    if parent is not None:
+        parent.metrics({"sweep/trials": len(rows), "sweep/errors": result["errors"],
+                        **({"sweep/best": best[space.metric]} if best else {})})
+        if best:
+            parent.tags["sweep.best_trial"] = str(best["trial_id"])
+        parent.out = out
+        parent.artifact(out / "sweep.md")
+        parent.close("FINISHED" if result["errors"] == 0 else "FAILED")
+    return {**result, "summary": table}
+
+
+def _short(v):
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    s = str(v)
+    return s if len(s) < 40 else "..." + s[-37:]

@@ -1,0 +1,131 @@
+"""Sweeps: every search space samples into a valid config; an 8-trial smoke sweep on local Ray is
+one MLflow parent run with 8 complete child runs; a killed driver resumes without re-running
+finished trials; bad input is one line and exit code 2 with nothing written to the store."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from plasticity.cli import all_commands
+from plasticity.tracking import child_runs, open_store
+from test_cli import assert_one_line_error, in_process
+
+from search_spaces import SPACES, get_space, sample
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("name", sorted(SPACES))
+def test_every_space_samples_into_a_valid_config(name):
+    space = get_space(name)
+    command = all_commands()[space.command]
+    configs = sample(space, 2)
+    assert configs
+    for cfg in configs:
+        built = command.build(space.command, space.preset, cfg, None)
+        for key, value in cfg.items():
+            assert getattr(built, key) == value  # the sampled field reaches the config
+        if "rule" in cfg and str(cfg["rule"]).endswith(".json"):
+            assert Path(cfg["rule"]).is_file() and f"T{built.T}" in Path(cfg["rule"]).name
+
+
+def test_sampling_is_seeded_and_grid_spaces_expand():
+    assert len(sample(get_space("fig3_transfer"))) == 6 * 2 * 2
+    assert {c["k"] * 2 for c in sample(get_space("fig3_transfer"))} == {100, 1000}
+
+
+def _children(uri, parent_run_id):
+    return child_runs(open_store(uri), parent_run_id)
+
+
+def test_smoke_sweep_is_a_parent_run_with_8_complete_children(ray_local, tmp_path, capsys):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    proc = in_process(capsys, "sweep", "smoke", "--samples", "8", "--seed", "3", "--out",
+                      str(tmp_path / "sweep"), "--tracking-uri", uri, "--json")
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert len(result["trials"]) == 8 and result["errors"] == 0
+    store = open_store(uri)
+    parent = store.client.get_run(result["parent_run_id"])
+    assert parent.info.status == "FINISHED" and parent.data.metrics["sweep/trials"] == 8
+    children = _children(uri, result["parent_run_id"])
+    assert len(children) == 8
+    sampled = {round(t["config"]["lr"], 12) for t in result["trials"]}
+    assert {round(float(c.data.params["lr"]), 12) for c in children} == sampled
+    for c in children:
+        assert c.info.status == "FINISHED"
+        assert {"lr", "output_init", "seed", "episodes", "dataset"} <= set(c.data.params)
+        assert "meta/loss" in c.data.metrics and "meta-train/test_accuracy" in c.data.metrics
+        assert len(store.client.get_metric_history(c.info.run_id, "meta/loss")) == 6  # smoke: 6 steps
+        arts = {a.path for a in store.client.list_artifacts(c.info.run_id, "rules/meta-train")}
+        assert "rules/meta-train/rule.json" in arts and "rules/meta-train/heatmap.png" in arts
+    # seeded: the same seed draws the same configurations
+    again = [cfg for t in result["trials"] for cfg in [t["config"]]]
+    assert len({json.dumps(c, sort_keys=True) for c in again}) == 8
+
+
+def _starts(trial_dir: Path) -> int:
+    """How often the trial's handler started (one params event per start)."""
+    f = trial_dir / "events.jsonl"
+    if not f.is_file():
+        return 0
+    return sum(json.loads(line)["event"] == "params" for line in f.read_text().splitlines())
+
+
+@pytest.mark.slow  # ~40 s: a second driver process and Ray client
+def test_killed_sweep_resumes_without_rerunning_finished_trials(ray_local, tmp_path, capsys):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    out = tmp_path / "sweep"
+    address = ray_local.get_runtime_context().gcs_address
+    args = ["sweep", "smoke", "--samples", "6", "--out", str(out), "--tracking-uri", uri]
+    driver = subprocess.Popen([sys.executable, "-m", "plasticity", *args, "--address", address],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              start_new_session=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        deadline = time.time() + 180
+        while len(list(out.glob("trials/*/DONE.json"))) < 2:
+            assert driver.poll() is None, "the driver ended before it could be killed"
+            assert time.time() < deadline, "no trial finished in time"
+            time.sleep(0.2)
+        time.sleep(1.5)  # let Tune snapshot its experiment state
+    finally:
+        os.kill(driver.pid, signal.SIGKILL)
+        driver.wait()
+    done_before = {p.parent.name for p in out.glob("trials/*/DONE.json")}
+    assert 2 <= len(done_before) < 6, done_before
+    proc = in_process(capsys, "sweep", "smoke", "--resume", "--out", str(out), "--tracking-uri", uri,
+                      "--json")
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert len(result["trials"]) == 6 and result["errors"] == 0
+    for tid in done_before:
+        assert _starts(out / "trials" / tid) == 1, f"finished trial {tid} was run again"
+    assert len(list(out.glob("trials/*/DONE.json"))) == 6
+    children = _children(uri, result["parent_run_id"])
+    assert sorted(c.data.tags["trial_id"] for c in children) == sorted(
+        p.parent.name for p in out.glob("trials/*/DONE.json"))
+    assert all(c.info.status == "FINISHED" and "meta/loss" in c.data.metrics for c in children)
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["sweep", "nope", "--samples", "2"], "unknown search space 'nope'"),
+    (["sweep", "smoke", "--resume"], "nothing to resume"),
+    (["sweep", "smoke", "--samples", "0"], "--samples 0"),
+    (["sweep", "smoke", "--tracking-uri", "http://127.0.0.1:9"], "unreachable"),
+])
+def test_bad_sweep_input_is_one_line_exit_2_and_writes_nothing(args, needle, tmp_path, capsys):
+    db = tmp_path / "mlflow.db"
+    extra = [] if "--tracking-uri" in args else ["--tracking-uri", f"sqlite:///{db}"]
+    proc = in_process(capsys, *args, "--out", str(tmp_path / "o"), *extra)
+    assert_one_line_error(proc, needle)
+    if db.exists():  # opened (schema created) but holds no run
+        exp = open_store(f"sqlite:///{db}").client.search_runs(["0"])
+        assert exp == []
+    assert not (tmp_path / "o" / "tune").exists()
