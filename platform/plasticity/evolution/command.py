@@ -149,6 +149,17 @@ def _compare_report(cfg: CompareConfig, runs: list[dict]) -> str:
         accs = [100 * r[name]["test_accuracy"] for r in runs]
         lines.append(f"\n{name}: test accuracy {np.mean(accs):.1f} ± {np.std(accs):.1f} % over "
                      f"{len(runs)} seeds")
+    lines += ["", "Final output tables side by side (rows: pre history; columns: label row / "
+              "predicted row):", "", "| seed | start | evolution | gd |", "|---|---|---|---|"]
+
+    def fmt(table):
+        return "[" + "; ".join(", ".join(f"{v:+.2f}" for v in row) for row in table) + "]"
+
+    for r in runs:
+        start = np.asarray(r["start_rule"])
+        start_t = start[:len(np.ravel(r["gd"]["output_table"]))].reshape(-1, 2).tolist()
+        lines.append(f"| {r['seed']} | {fmt(start_t) if cfg.learn != 'rnn' else '-'} | "
+                     f"{fmt(r['evolution']['output_table'])} | {fmt(r['gd']['output_table'])} |")
     return "\n".join(lines) + "\n"
 
 

@@ -29,7 +29,7 @@ class EvolutionConfig(Common):
     infinite: bool = False  # genetic: deterministic infinite-population allele dynamics
     genes: int = 20  # genetic: genes per rule coefficient (alleles +eps / -eps)
     eps: float = 0.25  # genetic: allele effect size
-    theta: float = 0.5  # genetic: selection strength, fitness = 1 - theta * loss
+    theta: float = 0.05  # genetic: selection strength, fitness = 1 - theta * loss (weak: theta * loss << 1)
     sharing: str = "none"  # genetic: none | random (each coefficient a random +-1 sum of `genes`
     #                        genes drawn from a pool shared by all coefficients)
     sigma: float = 0.1  # ga: mutation std | es: perturbation std
@@ -103,8 +103,9 @@ class CompareConfig(EvolutionConfig):
 class TheoryConfig(EvolutionConfig):
     """The 6.6 check: infinite-population allele dynamics against the two predicted GD forms."""
 
-    thetas: str = "0.1,0.3,1.0"  # selection strengths to run (comma-separated)
-    epss: str = "0.25"  # allele effect sizes to run (comma-separated)
+    thetas: str = "0.03,0.1,0.2"  # selection strengths to run (comma-separated; theta * loss < 1)
+    epss: str = "0.25"  # allele effect sizes to run (comma-separated; genes grow so that
+    #                     genes * eps stays >= the configured genes * eps)
 
     def __post_init__(self):
         super().__post_init__()
@@ -140,10 +141,10 @@ PRESETS = {
         "paper": {"generations": 200, "seeds": 5, "eval_train": 10000, "eval_examples": 10000},
     },
     "evolve-theory": {
-        "smoke": {**SMOKE, "thetas": "0.3,1.0", "infinite": True},
-        "quick": {"infinite": True, "generations": 30, "batch": 50, "thetas": "0.1,0.3,1.0",
-                  "epss": "0.1,0.25"},
-        "paper": {"infinite": True, "generations": 100, "thetas": "0.03,0.1,0.3,1.0",
-                  "epss": "0.05,0.1,0.25,0.5"},
+        "smoke": {**SMOKE, "thetas": "0.1,0.2", "infinite": True},
+        "quick": {"infinite": True, "generations": 30, "batch": 50, "thetas": "0.03,0.1,0.2",
+                  "epss": "0.05,0.1,0.25"},
+        "paper": {"infinite": True, "generations": 100, "thetas": "0.01,0.03,0.1,0.2",
+                  "epss": "0.025,0.05,0.1,0.25"},
     },
 }

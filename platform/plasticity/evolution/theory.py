@@ -17,6 +17,7 @@ trajectory, and which form is closer.
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import numpy as np
 
@@ -97,11 +98,15 @@ def trajectory_check(cfg, data, device="cpu") -> dict:
 
 
 def theory_sweep(cfg, data, device="cpu", progress=None) -> list[dict]:
-    """``trajectory_check`` for every (theta, eps) of ``cfg.thetas`` x ``cfg.epss``."""
+    """``trajectory_check`` for every (theta, eps) of ``cfg.thetas`` x ``cfg.epss``. For an eps
+    below ``cfg.eps`` the gene count grows so that genes * eps stays at least
+    ``cfg.genes * cfg.eps``: the phenotype range, hence the exact start rule, is kept."""
     rows = []
     for eps in parse_floats("epss", cfg.epss):
+        genes = max(cfg.genes, math.ceil(cfg.genes * cfg.eps / eps - 1e-9))
         for theta in parse_floats("thetas", cfg.thetas):
-            run = dataclasses.replace(cfg, theta=theta, eps=eps, strategy="genetic", infinite=True)
+            run = dataclasses.replace(cfg, theta=theta, eps=eps, genes=genes, strategy="genetic",
+                                      infinite=True)
             rows.append(trajectory_check(run, data, device))
             if progress is not None:
                 progress(rows[-1])
