@@ -1,5 +1,6 @@
 """Shared test setup: one intra-op thread (the test machines are small and shared), one local
-Ray per test session (started on first use, with no dashboard), RAY_AUTH_MODE=disabled."""
+Ray per test session (started on first use, with no dashboard), RAY_AUTH_MODE=disabled, and
+MLflow tracking off unless a test turns it on."""
 
 import os
 
@@ -8,6 +9,9 @@ import torch
 
 torch.set_num_threads(1)
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+# CLI runs in tests track nothing unless a test asks for a store (tests/test_tracking.py does):
+# no mlflow.db appears in the working directory, and no test pays for MLflow it does not check.
+os.environ.setdefault("PLASTICITY_TRACKING_URI", "none")
 
 
 @pytest.fixture(scope="session")

@@ -383,3 +383,29 @@ def test_non_finite_step_is_skipped(monkeypatch, kind):
     if kind == "inf-gradient":
         assert np.isfinite(res.history[1]["loss"])
     assert torch.equal(_rule_tables(res.rule), _rule_tables(clean.rule))
+
+
+def test_exploding_rule_is_detected_and_contained(tmp_path):
+    """A multiplicative rule with a huge step overflows the weights: the networks are flagged
+    diverged, stop learning, and nothing non-finite can be saved as a rule."""
+    import json
+
+    from plasticity.cli import main
+    from plasticity.rules import LayerRule, Rule
+    from plasticity.rules.io import save_rule
+
+    rule = Rule(T=1, output=LayerRule.from_table("output", 1, [[50.0, 50.0], [50.0, 50.0]]),
+                mode="multiplicative", provenance={"method": "test"})
+    path = save_rule(rule, tmp_path / "explode.json")
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "--preset", "smoke", "--no-progress", "--rule", str(path),
+              "--set", "eta=5", "--set", "networks=2", "--out", str(out)])
+    assert exc.value.code == 0
+    result = json.loads((out / "result.json").read_text())
+    assert result["diverged_networks"] == 2
+    assert max(result["updates"]) < 600  # learning stopped at the first check, not run to the end
+    with pytest.raises(PlasticityError):
+        save_rule(Rule(T=1, output=LayerRule.from_table("output", 1, [[float("nan"), 0], [0, 0]])),
+                  tmp_path / "nan.json")
+    assert not (tmp_path / "nan.json").exists()

@@ -26,7 +26,6 @@ COMMAND_MODULES = (
     "plasticity.cli",
     "plasticity.robustness.command",
     "plasticity.transfer_command",
-    "plasticity.transfer_command",
     "plasticity.evolution.command",
 )
 
@@ -136,7 +135,13 @@ def cmd_train(cfg: TrainConfig, args, device: str, sink: Sink) -> dict:
               **_summary(res.test_accuracy), "updates": res.updates.tolist(),
               "curve": {"examples": res.examples, "accuracy_mean": res.curve.mean(1).tolist(),
                         "accuracy_std": res.curve.std(1).tolist()},
-              "seconds": time.time() - t0}
+              "diverged_networks": int(res.diverged.sum()), "seconds": time.time() - t0}
+    if result["diverged_networks"]:
+        print(f"plasticity: warning: {result['diverged_networks']} of {cfg.networks} networks "
+              "diverged (non-finite weights; learning stopped for them): lower eta",
+              file=sys.stderr)
+    sink.metrics({"train/test_accuracy_mean": result["test_accuracy_mean"],
+                  "train/diverged_networks": result["diverged_networks"]})
     write_json(out / "result.json", result)
     return result
 

@@ -30,6 +30,7 @@ class TrainResult:
     updates: np.ndarray  # [N] number of updates applied (mistakes, with the default scheme)
     W: torch.Tensor = field(repr=False)  # [N, V, V] final recurrent weights
     U: torch.Tensor = field(repr=False)  # [N, l, V] final output weights
+    diverged: np.ndarray | None = None  # [N] bool: weights became non-finite (learning stopped)
 
 
 @torch.no_grad()
@@ -54,6 +55,7 @@ class RuleLearner:
         self.rnn_table, self.out_table = rule.tables(dtype=dtype, device=device)
         self.W, self.U = nets.fresh_weights(rule.mode)
         self.updates = torch.zeros(nets.n, dtype=torch.int64, device=device)
+        self.diverged = torch.zeros(nets.n, dtype=torch.bool, device=device)
         self.seen = 0
         self.triggered = 0
 
@@ -89,7 +91,7 @@ class RuleLearner:
         """Learn from examples ``order[n, :]`` (indices into x [n_ex, d], y [n_ex]) in sequence."""
         N, L = order.shape
         device = x.device
-        pos = torch.zeros(N, dtype=torch.int64, device=device)
+        pos = torch.where(self.diverged, L, 0)  # a diverged network learns nothing more
         all_nets = torch.arange(N, device=device)
         on_all = self.rule.scheme.update_on == "all"
         while True:
@@ -122,6 +124,12 @@ class RuleLearner:
             sel = None if (full and n_trig == N) else active[rows]
             self._update(sel, hist[rows, f], yb[rows, f], pred[rows, f])
             self.updates[active[rows]] += 1
+
+    def check_finite(self) -> torch.Tensor:
+        """Mark networks whose weights hold NaN or inf as diverged (they stop learning); [N]."""
+        bad = ~(self.U.flatten(1).isfinite().all(1) & self.W.flatten(1).isfinite().all(1))
+        self.diverged |= bad
+        return self.diverged
 
 
 def example_orders(n_networks: int, n_examples: int, passes: int, gen: torch.Generator,
@@ -158,6 +166,7 @@ def train_with_rule(
     for a, b in zip(marks[:-1], marks[1:]):
         curve.append(evaluate(nets, learner.W, learner.U, xe, ye).cpu().numpy())
         learner.learn(x_train, y_train, order[:, a:b])
+        learner.check_finite()  # an exploding rule is contained at the next curve point
         if bar is not None:
             bar.update(b - a)
     if bar is not None:
@@ -165,7 +174,7 @@ def train_with_rule(
     curve.append(evaluate(nets, learner.W, learner.U, xe, ye).cpu().numpy())
     final = evaluate(nets, learner.W, learner.U, x_test, y_test).cpu().numpy()
     return TrainResult(marks, np.stack(curve), final, learner.updates.cpu().numpy(),
-                       learner.W, learner.U)
+                       learner.W, learner.U, learner.check_finite().cpu().numpy())
 
 
 def progress_bar(total: int, enabled: bool, desc: str, unit: str = "ex"):
