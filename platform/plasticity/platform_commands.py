@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 from . import PlasticityError
@@ -71,21 +73,42 @@ def run_ui(args) -> dict:
     open_store(uri)  # create the schema, fail early on a bad store
     mlflow_bin = Path(sys.executable).with_name("mlflow")
     cmd = [str(mlflow_bin), "ui", "--backend-store-uri", uri, "--host", "127.0.0.1",
-           "--port", str(args.port)]
+           "--port", str(args.port), "--workers", "1"]
     if uri.startswith("sqlite:///"):
         cmd += ["--default-artifact-root", (Path(uri[len("sqlite:///"):]).parent / "mlruns").as_uri()]
     address = f"http://127.0.0.1:{args.port}"
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    log = Path(tempfile.mkstemp(prefix="plasticity-ui-", suffix=".log")[1])
+    with log.open("w") as f:
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=f, start_new_session=True)
     print(f"MLflow UI for {uri} at {address} (Ctrl-C stops it)", flush=True)
+
+    def _stop(signum, frame):
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGTERM, _stop)  # `kill PID` stops the UI too
     try:
         code = proc.wait()
-    except KeyboardInterrupt:
-        proc.terminate()
-        proc.wait(timeout=30)
+    except KeyboardInterrupt:  # stop the UI's process group (its server and job runner)
+        for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 10)):
+            try:
+                os.killpg(proc.pid, sig)
+                proc.wait(timeout=wait)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+            except ProcessLookupError:
+                break
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # workers that outlived their parent
+        except ProcessLookupError:
+            pass
         return {"command": "ui", "address": address}
+    finally:
+        signal.signal(signal.SIGTERM, old)
     if code != 0:
-        err = (proc.stderr.read() if proc.stderr else "").strip().splitlines()
-        raise PlasticityError(f"mlflow ui exited with code {code}: {err[-1] if err else ''}")
+        err = log.read_text().strip().splitlines()
+        raise PlasticityError(f"mlflow ui exited with code {code}: {err[-1] if err else ''} "
+                              f"(log: {log})")
     return {"command": "ui", "address": address}
 
 
