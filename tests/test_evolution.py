@@ -183,6 +183,25 @@ def test_bad_input_is_one_line_exit_2(sets, needle, capsys, tmp_path):
     assert len(lines) == 1 and needle in lines[0], cap.err
 
 
+@pytest.mark.parametrize("command, sets, needle", [
+    ("evolve-theory", ["thetas=0.1,abc"], "thetas"),
+    ("evolve-theory", ["epss=0,0.1"], "epss"),
+    ("compare", ["seeds=0"], "seeds=0"),
+    ("evolve", ["truncation=0"], "truncation=0"),
+    ("evolve", ["workers=-1"], "workers=-1"),
+])
+def test_other_bad_input_is_one_line_exit_2(command, sets, needle, capsys, tmp_path):
+    args = [x for s in sets for x in ("--set", s)]
+    code, cap = in_process(capsys, command, "--preset", "smoke", "--out", str(tmp_path), *args)
+    assert code == 2 and needle in cap.err and len(cap.err.strip().splitlines()) == 1, cap.err
+
+
+def test_resume_without_a_checkpoint_is_one_line_exit_2(capsys, tmp_path):
+    code, cap = in_process(capsys, "evolve", "--preset", "smoke", "--out", str(tmp_path / "none"),
+                           "--resume")
+    assert code == 2 and "no checkpoint.json" in cap.err
+
+
 def test_evolve_cli_writes_rule_checkpoint_and_events(capsys, tmp_path):
     code, cap = in_process(capsys, "evolve", "--preset", "smoke", "--out", str(tmp_path),
                            "--json", "--no-progress", "--set", "strategy=ga")
