@@ -100,7 +100,7 @@ def compare_seed(cfg: CompareConfig, data, device, sink: Sink, out: Path,
     from .driver import run_evolution
 
     evo = run_evolution(cfg, data, device=device, out=out / f"seed{cfg.seed}", sink=sink,
-                        address=address)
+                        address=address, prefix=f"compare/seed{cfg.seed}/evolution")
     evo_examples = evo.history[-1]["examples"]
     per_step = cfg.episodes * cfg.batch
     steps = cfg.gd_steps or max(1, round(evo_examples / per_step))
@@ -111,8 +111,8 @@ def compare_seed(cfg: CompareConfig, data, device, sink: Sink, out: Path,
                                                                 ("gd", gd_rule))}
     for i, rec in enumerate(gd_curve):
         if i % max(1, len(gd_curve) // 200) == 0 or i == len(gd_curve) - 1:
-            sink.metrics({"compare/gd_loss": rec["loss"], "compare/gd_examples": rec["examples"]},
-                         step=rec["step"])
+            sink.metrics({f"compare/seed{cfg.seed}/gd/loss": rec["loss"],
+                          f"compare/seed{cfg.seed}/gd/examples": rec["examples"]}, step=rec["step"])
     return {
         "seed": cfg.seed, "start_rule": evo.start.tolist(),
         "start_error": getattr(evo.strategy, "start_error", 0.0),

@@ -107,20 +107,21 @@ def _record(g, members, losses, center, center_loss, l2, strategy, examples, ela
             "rule": strategy.center().tolist()}
 
 
-def _metrics(rec: dict) -> dict:
-    out = {f"evolution/{k}": v for k, v in rec.items() if k not in ("generation", "rule")}
+def _metrics(rec: dict, prefix: str) -> dict:
+    out = {f"{prefix}/{k}": v for k, v in rec.items() if k not in ("generation", "rule")}
     if len(rec["rule"]) <= MAX_RULE_METRICS:
-        out.update({f"evolution/rule_{i}": v for i, v in enumerate(rec["rule"])})
+        out.update({f"{prefix}/rule_{i}": v for i, v in enumerate(rec["rule"])})
     return out
 
 
 def run_evolution(cfg, data, *, device="cpu", out: Path | None = None, resume: bool = False,
                   sink: Sink | None = None, pool=None, address: str | None = None,
-                  stop_after: int | None = None) -> EvolutionRun:
+                  stop_after: int | None = None, prefix: str = "evolution") -> EvolutionRun:
     """Evolve the rule of ``cfg`` (an EvolutionConfig) on ``data``.
 
     ``pool``: an object with ``losses(coeffs, idx, generation)`` (default: ``make_pool``);
-    ``stop_after``: stop after that generation as if interrupted (the checkpoint stays)."""
+    ``stop_after``: stop after that generation as if interrupted (the checkpoint stays);
+    ``prefix``: the metric family of the per-generation events."""
     sink = sink or Sink()
     meta = cfg.meta_config()
     space = RuleSpace(meta)
@@ -153,7 +154,7 @@ def run_evolution(cfg, data, *, device="cpu", out: Path | None = None, resume: b
             rec = _record(g, members, losses[:-1], center, losses[-1], cfg.weight_decay, strategy,
                           examples, elapsed0 + time.perf_counter() - t_start, eval_s)
             history.append(rec)
-            sink.metrics(_metrics(rec), step=g)
+            sink.metrics(_metrics(rec, prefix), step=g)
             if out is not None:
                 write_json(Path(out) / CHECKPOINT, {
                     "format": FORMAT, "version": 1, "config": to_dict(cfg), "generation": g,
