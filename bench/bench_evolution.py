@@ -2,8 +2,10 @@
 
 Every case evaluates the same populations (random T=1 output rules) on the same batch; a member
 is E episodes of B examples through the core engine (meta.episode_loss, no autograd). Reported:
-member evaluations per second (median over repetitions), the load average before and after each
-case (the machine is shared: a loaded machine cannot show 2-actor scaling), and the targets:
+member evaluations per second (median over repetitions), member evaluations per CPU-second of
+the evaluating processes (the driver in process, the actors with Ray: less sensitive to other
+jobs on the machine), the load average before and after each case (the machine is shared: a
+loaded machine cannot show 2-actor scaling), and the targets:
 2 actors >= 1.6x one actor; one actor at most 15% slower than in process (1 torch thread each).
 
     .venv/bin/python bench/bench_evolution.py --out bench/results_evolution.json
@@ -38,13 +40,16 @@ def measure(pool, coeffs, idx, reps: int) -> dict:
     pool.losses(coeffs[: max(2, coeffs.shape[0] // 8)], idx)  # warm-up (caches, first touch)
     times = []
     before = load()
+    cpu0 = pool.cpu_seconds()
     for r in range(reps):
         t0 = time.perf_counter()
         pool.losses(coeffs, idx, r)
         times.append(time.perf_counter() - t0)
+    cpu = pool.cpu_seconds() - cpu0
     med = statistics.median(times)
     return {"members": int(coeffs.shape[0]), "seconds_median": med,
             "seconds": [round(t, 4) for t in times], "members_per_s": coeffs.shape[0] / med,
+            "members_per_cpu_s": coeffs.shape[0] * reps / cpu,
             "load_before": before, "load_after": load()}
 
 
@@ -88,8 +93,10 @@ def main() -> None:
     rate = {k: v["members_per_s"] for k, v in cases.items()}
     results["cases"] = cases
     results["growth"] = growth
+    cpu_rate = {k: v["members_per_cpu_s"] for k, v in cases.items()}
     results["ratios"] = {"actors_2_over_actors_1": rate["actors_2"] / rate["actors_1"],
-                         "actors_1_over_in_process": rate["actors_1"] / rate["in_process"]}
+                         "actors_1_over_in_process": rate["actors_1"] / rate["in_process"],
+                         "per_cpu_s_actor_over_in_process": cpu_rate["actors_1"] / cpu_rate["in_process"]}
     results["targets"] = {"two_actors_at_least_1.6x": results["ratios"]["actors_2_over_actors_1"] >= 1.6,
                           "ray_at_most_15pct_slower": results["ratios"]["actors_1_over_in_process"] >= 0.85}
     results["machine"]["uptime_end"] = load()

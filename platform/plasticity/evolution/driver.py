@@ -41,6 +41,10 @@ class LocalPool:
     def losses(self, coeffs: np.ndarray, idx: np.ndarray, generation: int = 0) -> np.ndarray:
         return self.evaluator.losses(coeffs, idx)
 
+    def cpu_seconds(self) -> float:
+        """CPU time used so far by this process (for benchmarks)."""
+        return time.process_time()
+
     def close(self) -> None:
         pass
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
@@ -48,6 +49,9 @@ class _Worker:
 
     def pid(self) -> int:
         return os.getpid()
+
+    def cpu_seconds(self) -> float:
+        return time.process_time()
 
 
 class RayPool:
@@ -98,6 +102,10 @@ class RayPool:
                 raise PlasticityError(f"actor {i} died {RETRIES + 1} times on one chunk: check the "
                                       "cluster's resources and logs")
         return np.concatenate(out)
+
+    def cpu_seconds(self) -> float:
+        """CPU time used so far by all actor processes (for benchmarks)."""
+        return float(sum(ray.get([a.cpu_seconds.remote() for a in self.actors])))
 
     def close(self) -> None:
         for a in self.actors:
