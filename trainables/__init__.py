@@ -25,16 +25,19 @@ RULES = "rules.json"  # {name: {"file": path relative to the folder, "learned": 
 class TuneSink(Sink):
     """Forward each metrics event to ``tune.report``; collect rules; report the end."""
 
-    def __init__(self, out: Path):
-        self.out, self.latest, self.step, self.rules = out, {}, 0, {}
+    def __init__(self, out: Path, metric: str | None = None):
+        self.out, self.metric, self.latest, self.step, self.rules = out, metric, {}, 0, {}
 
     def metrics(self, metrics, step=None):
+        """One ``tune.report``: these metrics, the objective's latest value (schedulers need it
+        in every result) and ``new_keys``, the names actually produced now (what MLflow logs)."""
         from ray import tune
 
         self.step = self.step if step is None else int(step)
         clean = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
         self.latest.update(clean)
-        tune.report({**clean, "step": self.step})
+        carried = {self.metric: self.latest[self.metric]} if self.metric in self.latest else {}
+        tune.report({**carried, **clean, "step": self.step, "new_keys": ",".join(clean)})
 
     def rule(self, name, rule, path=None):
         key = name.replace("/", "_")
@@ -45,7 +48,7 @@ class TuneSink(Sink):
 
     def finish(self, command: str, result: dict) -> dict:
         """The final metrics: every latest value plus the result's scalars as ``command/key``."""
-        final = {**self.latest, "step": self.step,
+        final = {**self.latest, "step": self.step, "new_keys": "",
                  **{f"{command}/{k}": float(v) for k, v in result.items()
                     if isinstance(v, (int, float)) and not isinstance(v, bool)}}
         atomic_write_text(self.out / RULES, json.dumps(self.rules))
@@ -53,7 +56,8 @@ class TuneSink(Sink):
         return final
 
 
-def command_trainable(config: dict, command: str, preset: str | None, root: str) -> None:
+def command_trainable(config: dict, command: str, preset: str | None, root: str,
+                      metric: str | None = None) -> None:
     """Run ``plasticity <command> --preset <preset>`` with ``config`` as ``--set`` fields, output
     in ``root/<trial id>`` (an absolute path: Tune trials run in other working directories)."""
     import ray
@@ -66,7 +70,7 @@ def command_trainable(config: dict, command: str, preset: str | None, root: str)
         tune.report(json.loads((out / DONE).read_text()), checkpoint=Checkpoint.from_directory(out))
         return
     cmd, cfg, args = prepare_command(command, preset, config, out)
-    sink = TuneSink(out)
+    sink = TuneSink(out, metric)
     events = FanOut(JsonlSink(out / "events.jsonl"), sink)
     events.params(to_dict(cfg))
     status = "FAILED"

@@ -78,8 +78,10 @@ class TrialLogger(tune.Callback):
         sink.params(trial.config)  # PBT mutations become hparam/<key> metrics
         step = int(result.get("step", result.get("training_iteration", 0)))
         last = self._last.setdefault(trial.trial_id, {})
+        keys = result.get("new_keys")
         new = {k: v for k, v in result.items() if "/" in k and isinstance(v, (int, float))
-               and not isinstance(v, bool) and last.get(k) != (step, v)}
+               and not isinstance(v, bool) and last.get(k) != (step, v)
+               and (keys in (None, "") or k in keys.split(","))}
         last.update({k: (step, v) for k, v in new.items()})
         if new:
             sink.metrics(new, step=step)
@@ -124,7 +126,7 @@ def _scheduler(name: str, space, seed: int):
         random.seed(seed)
         np.random.seed(seed % 2**32)
         return PopulationBasedTraining(time_attr="training_iteration", perturbation_interval=2,
-                                       hyperparam_mutations=dict(space.pbt))
+                                       hyperparam_mutations=dict(space.pbt), require_attrs=False)
     return None
 
 
@@ -132,7 +134,7 @@ def _trainable(space, cpus: float, gpus: float, root: Path):
     from trainables import command_trainable
 
     fn = tune.with_parameters(command_trainable, command=space.command, preset=space.preset,
-                              root=str(root))
+                              root=str(root), metric=space.metric)
     return tune.with_resources(fn, {"cpu": cpus, "gpu": gpus})
 
 
