@@ -167,3 +167,16 @@ def test_attack_command_smoke_writes_curves_and_reloads(capsys, tmp_path):
     code, out, _ = _run(capsys, "--preset", "smoke", "--out", str(tmp_path / "b"), "--json",
                         "--set", f"load={tmp_path / 'a' / 'network.pt'}", "--set", "eps=0")
     assert code == 0 and json.loads(out)["clean_test_accuracy"] == res["clean_test_accuracy"]
+
+
+def test_double_softmax_loss_masks_gradients_of_large_logits(mnist, batch):
+    """The same network with logits x1000 predicts the same; the paper's attack on the reference
+    code's double-softmax loss then gets no gradient (saturated softmax) while on CE it works."""
+    base = _net(mnist, 1)
+    big = FrozenNet(base.nets, base.W, base.U * 1000)
+    x, y = batch
+    assert torch.equal(big.predict(x), base.predict(x))
+    _, b_ce = ATTACKS["paper"](big, x, y, 2.0, steps=10, alpha=0.1)
+    _, b_ds = ATTACKS["paper_ds"](big, x, y, 2.0, steps=10, alpha=0.1)
+    wrong = int((big.predict(x) != y).sum())
+    assert int(b_ds.sum()) == wrong < int(b_ce.sum())

@@ -89,11 +89,19 @@ def _record(best, broken, x_now, logits, y):
     return broken | new
 
 
+def double_softmax_ce(logits: torch.Tensor, target: torch.Tensor, reduction="none"):
+    """The reference code's loss (PAPER.md 8.3): cross-entropy applied to softmax outputs, so
+    softmax twice. Its gradient vanishes when the first softmax saturates (large logits)."""
+    return F.cross_entropy(torch.softmax(logits, -1), target, reduction=reduction)
+
+
 def paper_l2(model: FrozenNet, x, y, eps: float, *, steps: int = 50, alpha: float = 1.0,
-             lo=0.0, hi=1.0, **_) -> tuple[torch.Tensor, torch.Tensor]:
+             loss: str = "ce", lo=0.0, hi=1.0, **_) -> tuple[torch.Tensor, torch.Tensor]:
     """The paper's attack (PAPER.md 5.4): targeted, for every wrong target y' one run of
     x <- Proj_{L2(x, eps)}(x - alpha * grad_x CE(f(x), y')) along the RAW gradient, pixels clipped;
-    the example is broken if any of its l - 1 runs is misclassified at some step."""
+    the example is broken if any of its l - 1 runs is misclassified at some step. ``loss``:
+    "ce" (on logits) or "double_softmax" (the reference code's loss, see double_softmax_ce)."""
+    ce = F.cross_entropy if loss == "ce" else double_softmax_ce
     B, d = x.shape
     L = model.n_classes
     tgt = torch.arange(L, device=y.device).expand(B, L)[tgt_mask(y, L)].view(B, L - 1)
@@ -107,7 +115,7 @@ def paper_l2(model: FrozenNet, x, y, eps: float, *, steps: int = 50, alpha: floa
         if act.numel() == 0:
             break
         logits, g = _grad(model, cur[act],
-                          lambda z, t=tr[act]: F.cross_entropy(z, t, reduction="none"))
+                          lambda z, t=tr[act]: ce(z, t, reduction="none"))
         hit = logits.argmax(-1) != yr[act]
         if hit.any():
             rows = act[hit]
@@ -246,8 +254,13 @@ def transfer(model: FrozenNet, x, y, eps: float, *, surrogate: FrozenNet, norm: 
     return x_adv, model.predict(x_adv) != y
 
 
-ATTACKS = {"paper": paper_l2, "fgsm": fgsm, "pgd_linf": pgd, "pgd_l2": pgd, "square": square,
-           "transfer": transfer}
+def paper_double_softmax(model: FrozenNet, x, y, eps: float, **kw):
+    """The paper's attack on the reference code's double-softmax loss (a gradient-masking probe)."""
+    return paper_l2(model, x, y, eps, **{**kw, "loss": "double_softmax"})
+
+
+ATTACKS = {"paper": paper_l2, "paper_ds": paper_double_softmax, "fgsm": fgsm, "pgd_linf": pgd,
+           "pgd_l2": pgd, "square": square, "transfer": transfer}
 # the norm each attack works in ("threat": the run's threat norm)
-ATTACK_NORM = {"paper": "l2", "fgsm": "linf", "pgd_linf": "linf", "pgd_l2": "l2",
+ATTACK_NORM = {"paper": "l2", "paper_ds": "l2", "fgsm": "linf", "pgd_linf": "linf", "pgd_l2": "l2",
                "square": "threat", "transfer": "threat"}

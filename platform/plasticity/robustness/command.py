@@ -63,12 +63,12 @@ class AttackConfig(Common):
     n_attack: int = 100  # random test examples attacked (PAPER.md 5.4: 100)
     eps: str = ALL_EPS  # radii of the threat ball, comma-separated, >= 0
     norm: str = "l2"  # threat model: l2 (the paper) | linf
-    attacks: str = "paper,fgsm,pgd_linf,pgd_l2,square"  # paper|fgsm|pgd_linf|pgd_l2|square|transfer
+    attacks: str = "paper,fgsm,pgd_linf,pgd_l2,square"  # + paper_ds, transfer (attacks.ATTACKS)
     steps: int = 50  # PGD steps per restart
     step_scale: float = 2.5  # PGD step size = step_scale * eps / steps
     restarts: int = 3  # PGD restarts
     paper_steps: int = 50  # the paper's attack: steps per target
-    paper_alpha: float = 1.0  # the paper's attack: raw-gradient step size (not given by the paper)
+    paper_alpha: float = 0.1  # the paper's attack: raw-gradient step size (not given by the paper)
     queries: int = 1000  # gradient-free random search: queries
     images: int = 4  # adversarial examples kept per eps for the picture
 
@@ -176,14 +176,16 @@ def cmd_attack(cfg: AttackConfig, args, device: str, sink: Sink) -> dict:
     save_network(out / "network.pt", model, info)
     surrogate = load_network(cfg.surrogate, device, dtype)[0] if cfg.surrogate else None
     t_train = time.time() - t0
-    print(f"[{t_train:6.1f}s] network ready ({cfg.train}); attacking", file=sys.stderr, flush=True)
+    how = f"loaded {cfg.load}" if cfg.load else f"trained: {cfg.train}"
+    print(f"[{t_train:6.1f}s] network ready ({how}); attacking", file=sys.stderr, flush=True)
     lo, hi = (0.0, 1.0) if cfg.dataset in IMAGE_SETS else (None, None)
     gen = torch_generator(cfg.seed, "attack-subset")
     pick = torch.randperm(data.x_test.shape[0], generator=gen)[:cfg.n_attack]
     x, y = data.x_test[pick].to(device, dtype), data.y_test[pick].to(device)
     curves = robustness_curves(model, x, y, cfg.eps_list, cfg.attack_list, threat=cfg.norm,
                                budget=cfg.budget(), gen=torch_generator(cfg.seed, "attacks"),
-                               lo=lo, hi=hi, surrogate=surrogate, keep=cfg.images)
+                               lo=lo, hi=hi, surrogate=surrogate, keep=cfg.images,
+                               log=not args.no_progress)
     examples = curves.pop("examples")
     n_te = cfg.n_test or data.x_test.shape[0]
     clean_full = (model.predict(data.x_test[:n_te].to(device, dtype))

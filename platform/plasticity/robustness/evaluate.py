@@ -16,6 +16,7 @@ Two kinds of numbers:
 from __future__ import annotations
 
 import math
+import sys
 import time
 from dataclasses import dataclass
 
@@ -33,7 +34,7 @@ class Budget:
     step_scale: float = 2.5  # PGD step = step_scale * eps / steps (Madry et al.)
     restarts: int = 3  # PGD restarts (restart 0 from the FGSM point / from x)
     paper_steps: int = 50  # steps of the paper's targeted attack (per target)
-    paper_alpha: float = 1.0  # its raw-gradient step size (PAPER.md 5.4: not given by the paper)
+    paper_alpha: float = 0.1  # its raw-gradient step size (PAPER.md 5.4: not given by the paper)
     queries: int = 1000  # queries of the gradient-free random search
 
 
@@ -68,13 +69,15 @@ def inside(x_adv, x, eps: float, norm: str, lo, hi, tol: float = 1e-4) -> bool:
 def robustness_curves(model: FrozenNet, x: torch.Tensor, y: torch.Tensor, eps_list: list[float],
                       attacks: list[str], *, threat: str = "l2", budget: Budget = Budget(),
                       gen: torch.Generator | None = None, lo=0.0, hi=1.0,
-                      surrogate: FrozenNet | None = None, keep: int = 0) -> dict:
+                      surrogate: FrozenNet | None = None, keep: int = 0,
+                      log: bool = False) -> dict:
     """Attack ``model`` on x [B, d], y [B] at every eps (sorted ascending) with every attack.
 
     Returns accuracies in [0, 1]: ``clean``, ``raw[attack]`` and ``worst`` / ``worst_raw`` (per
     eps), ``broken_at`` (per example: smallest eps at which it was broken, None if never; 0.0 if
-    misclassified clean), ``broken_by`` (the attack that did it), wall ``seconds`` per attack,
-    ``non_monotone`` raw curves, and up to ``keep`` adversarial examples per eps (``examples``)."""
+    misclassified clean), ``broken_by`` (the attack that did it), wall ``attack_seconds`` per attack,
+    ``non_monotone`` raw curves, and up to ``keep`` adversarial examples per eps (``examples``).
+    ``log``: one line per (eps, attack) on stderr."""
     check_attacks(attacks, threat)
     if "transfer" in attacks and surrogate is None:
         raise PlasticityError("attack 'transfer' needs a surrogate network: set surrogate=PATH "
@@ -99,10 +102,13 @@ def robustness_curves(model: FrozenNet, x: torch.Tensor, y: torch.Tensor, eps_li
             b = ~ok
             if r > 0 and idx.numel() > 0:
                 t0 = time.time()
-                extra = dict(steps=budget.paper_steps, alpha=budget.paper_alpha) if a == "paper" \
-                    else {}
+                extra = dict(steps=budget.paper_steps, alpha=budget.paper_alpha) \
+                    if a.startswith("paper") else {}
                 xa, bc = ATTACKS[a](model, x[idx], y[idx], r, norm=norm, **{**kw, **extra})
                 seconds[a] += time.time() - t0
+                if log:
+                    print(f"  eps {eps:g} {a}: {int(bc.sum())}/{idx.numel()} broken "
+                          f"({time.time() - t0:.1f}s)", file=sys.stderr, flush=True)
                 if not (inside(xa, x[idx], r, norm, lo, hi) and inside(xa, x[idx], eps, threat, lo, hi)):
                     raise AssertionError(f"attack {a} left its eps ball at eps={eps}")  # a bug
                 b = b.clone()
@@ -124,7 +130,7 @@ def robustness_curves(model: FrozenNet, x: torch.Tensor, y: torch.Tensor, eps_li
                     for a, v in raw.items()}
     return {"eps": eps_list, "clean": ok.double().mean().item(), "raw": raw, "worst": worst,
             "worst_raw": worst_raw, "broken_at": broken_at, "broken_by": broken_by,
-            "seconds": seconds, "non_monotone": {a: v for a, v in non_monotone.items() if v},
+            "attack_seconds": seconds, "non_monotone": {a: v for a, v in non_monotone.items() if v},
             "examples": examples, "n": B, "threat": threat}
 
 

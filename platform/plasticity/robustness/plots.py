@@ -98,16 +98,40 @@ def plot_examples(eps: list[float], examples: list[list[dict]], path: Path) -> P
     return path
 
 
+def table(runs: dict[str, dict]) -> str:
+    """Markdown: per run and eps, accuracy % under the paper's attack / the worst case of all
+    attacks (the paper's Fig. 5 value in parentheses where the label names a Fig. 5 curve)."""
+    eps = sorted({e for r in runs.values() for e in r["eps"]})
+    lines = ["| network (clean test %) | " + " | ".join(f"eps {e:g}" for e in eps) + " |",
+             "|---|" + "---|" * len(eps)]
+    for label, r in runs.items():
+        paper = PAPER_FIG5.get(label)
+        cells = []
+        for e in eps:
+            if e not in r["eps"]:
+                cells.append("-")
+                continue
+            i = r["eps"].index(e)
+            txt = f"{100 * r['raw']['paper'][i]:.0f} / " if "paper" in r["raw"] else ""
+            txt += f"{100 * r['worst'][i]:.0f}"
+            if paper is not None and e in PAPER_EPS:
+                txt += f" ({paper[PAPER_EPS.index(e)]})"
+            cells.append(txt)
+        clean = r.get("clean_test_accuracy", r["clean"])
+        lines.append(f"| {label} ({100 * clean:.1f}) | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str]) -> None:
-    """OUT.png LABEL=result.json ...: draw Fig. 5 from attack runs."""
+    """OUT.png LABEL=result.json ...: draw Fig. 5 from attack runs and print its table."""
     import json
 
     out, runs = Path(argv[0]), {}
     for item in argv[1:]:
-        label, _, p = item.partition("=")
+        label, _, p = item.rpartition("=")
         runs[label] = json.loads(Path(p).read_text())
     plot_fig5(runs, out)
-    print(out)
+    print(table(runs))
 
 
 if __name__ == "__main__":
