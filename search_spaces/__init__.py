@@ -91,11 +91,14 @@ def get_space(name: str) -> Space:
     return SPACES[name]
 
 
-def sample(space: Space, n: int = 1) -> list[dict]:
-    """``n`` resolved configs of ``space`` (grids expanded, ``sample_from`` evaluated)."""
+def sample(space: Space, n: int = 1, seed: int | None = None) -> list[dict]:
+    """``n`` resolved configs of ``space`` (grids expanded, ``sample_from`` evaluated): with a
+    seed, exactly the configs ``plasticity sweep --samples n --seed seed`` runs, in order."""
+    from ray.tune.search.sample import _BackwardsCompatibleNumpyRng
     from ray.tune.search.variant_generator import generate_variants
 
+    rng = _BackwardsCompatibleNumpyRng(seed)
     out = []
     for _ in range(n):
-        out += [cfg for _, cfg in generate_variants(dict(space.params))]
+        out += [cfg for _, cfg in generate_variants(dict(space.params), random_state=rng)]
     return out

@@ -66,9 +66,9 @@ def test_smoke_sweep_is_a_parent_run_with_8_complete_children(ray_local, tmp_pat
         assert len(store.client.get_metric_history(c.info.run_id, "meta/loss")) == 6  # smoke: 6 steps
         arts = {a.path for a in store.client.list_artifacts(c.info.run_id, "rules/meta-train")}
         assert "rules/meta-train/rule.json" in arts and "rules/meta-train/heatmap.png" in arts
-    # seeded: the same seed draws the same configurations
-    again = [cfg for t in result["trials"] for cfg in [t["config"]]]
-    assert len({json.dumps(c, sort_keys=True) for c in again}) == 8
+    # seeded: the trials ran exactly the configurations the seed draws, in trial order
+    assert [t["config"] for t in result["trials"]] == sample(get_space("smoke"), 8, seed=3)
+    assert sample(get_space("smoke"), 8, seed=3) != sample(get_space("smoke"), 8, seed=4)
 
 
 def _starts(trial_dir: Path) -> int:

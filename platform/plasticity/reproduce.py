@@ -58,12 +58,16 @@ SIZES = {
               "evolve": ("smoke", {}), "compare": ("smoke", {}),
               "transfer": ("smoke", {"shapes": "40x20"}), "attack": ("smoke", {"eps": "0,1"})},
     "quick": {"small": {"neurons": 100, "k": 50}, "meta": {"n_train": 4000, "n_test": 2000},
+              "meta_T1": {"steps": 100}, "meta_T3": {"steps": 60, "episodes": 8, "horizon": 4000},
               "targets": ",".join(SIX),
               "evolve": ("smoke", dict(neurons=100, k=50, population=64, generations=30, batch=50,
                                        episodes=4, n_train=0, n_test=2000)),
-              "compare": ("smoke", {}),
+              "compare": ("smoke", dict(neurons=100, k=50, population=16, generations=10,
+                                        episodes=2, batch=50, n_train=4000, n_test=1000,
+                                        eval_train=2000, eval_examples=1000, eval_networks=2,
+                                        seeds=1)),
               "transfer": ("quick", dict(shapes="100x50,400x200", seeds=2, orders=1,
-                                         n_train_synthetic=4000, n_train_images=4000, n_test=2000,
+                                         n_train_synthetic=2000, n_train_images=2000, n_test=1000,
                                          eval_every=1000)),
               "attack": ("quick", dict(neurons=400, k=200, n_train=6000, n_test=1000, n_attack=50,
                                        passes=1, eps="0,1,2,3", steps=10, restarts=1,
@@ -81,10 +85,12 @@ def stages(preset: str) -> list[Stage]:
     small = {**size["small"], **size["meta"]}
     return [
         Stage("meta-T1", "meta-train", None,
-              _meta_sets(preset, dataset="halfspace", T=1, learn="output", **small)),
+              _meta_sets(preset, dataset="halfspace", T=1, learn="output",
+                         **{**small, **size.get("meta_T1", {})})),
         Stage("meta-T3", "meta-train", None,
-              _meta_sets(preset, dataset="relu1", T=3, learn="both", **small,
-                         horizon=200 if preset == "smoke" else 10000)),
+              _meta_sets(preset, dataset="relu1", T=3, learn="both",
+                         **{**small, "horizon": 200 if preset == "smoke" else 10000,
+                            **size.get("meta_T3", {})})),
         Stage("evolve-T1", "evolve", size["evolve"][0],
               {"dataset": "halfspace", "T": 1, **size["evolve"][1]}),
         Stage("evolution-vs-gd", "compare", *size["compare"]),
@@ -255,10 +261,17 @@ def summarize(results: dict, out: Path, preset: str, skipped: dict, seconds: dic
         e, g = cmp.get("evolution_test_accuracy_mean"), cmp.get("gd_test_accuracy_mean")
         metrics["reproduce/compare/evolution"], metrics["reproduce/compare/gd"] = e, g
         line = [["evolution", _pct(e)], ["GD", _pct(g)]]
+        run = (cmp.get("runs") or [{}])[0]
+        ev, gd = run.get("evolution", {}).get("curve"), run.get("gd", {}).get("curve")
+        if ev and gd:
+            curves_plot({"evolution (task loss)": ([c["examples"] for c in ev],
+                                                   [c["loss_task"] for c in ev]),
+                         "GD (meta loss)": ([c["examples"] for c in gd], [c["loss"] for c in gd])},
+                        out / "evolution_vs_gd.png", xlabel="inner-loop examples", ylabel="loss",
+                        title="Evolution vs GD, same rule family and inner loop")
         text.append("Evolution vs GD (same rule family, same inner loop)\n"
                     + text_table(["method", "test accuracy %"], line))
-        pngs = "".join(f"![{p.name}](evolution-vs-gd/{p.name})\n"
-                       for p in sorted((out / "evolution-vs-gd").glob("*.png")))
+        pngs = "![evolution vs GD](evolution_vs_gd.png)\n" if (out / "evolution_vs_gd.png").is_file() else ""
         sections.append("## Evolution vs GD\n\n" + markdown_table(["method", "test accuracy %"], line)
                         + "\n" + pngs)
     tr = results.get("transfer")
