@@ -12,7 +12,7 @@ from plasticity.config import TrainConfig
 from plasticity.data import load_dataset
 from plasticity.experiment import run_networks
 from plasticity.robustness.attacks import ATTACK_NORM, ATTACKS, FrozenNet, fgsm, paper_l2, pgd, square
-from plasticity.robustness.evaluate import Budget, attack_radius, inside, robustness_curves
+from plasticity.robustness.evaluate import Budget, attack_radius, diagnostics, inside, robustness_curves
 from plasticity.rules.classic import classic_rule
 from plasticity.transfer import run_train
 
@@ -180,3 +180,6 @@ def test_double_softmax_loss_masks_gradients_of_large_logits(mnist, batch):
     _, b_ds = ATTACKS["paper_ds"](big, x, y, 2.0, steps=10, alpha=0.1)
     wrong = int((big.predict(x) != y).sum())
     assert int(b_ds.sum()) == wrong < int(b_ce.sum())
+    d_big, d_base = diagnostics(big, x, y), diagnostics(base, x, y)
+    assert d_big["zero_ce_gradient"] > d_base["zero_ce_gradient"]
+    assert d_base["h_T_vs_h_1"] == 0.0 and d_base["mean_W_on_edges"] == 0.0  # T = 1: no recurrence

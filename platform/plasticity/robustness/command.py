@@ -23,7 +23,7 @@ from ..config import Common, _choice, _positive, to_dict
 from ..events import Sink
 from ..network import Networks
 from .attacks import FrozenNet
-from .evaluate import Budget, check_attacks, robustness_curves
+from .evaluate import Budget, check_attacks, diagnostics, robustness_curves
 
 ALL_EPS = "0,0.5,1,1.5,2,2.5,3,3.5,4"  # PAPER.md 5.4 (L2)
 
@@ -187,6 +187,7 @@ def cmd_attack(cfg: AttackConfig, args, device: str, sink: Sink) -> dict:
                                lo=lo, hi=hi, surrogate=surrogate, keep=cfg.images,
                                log=not args.no_progress)
     examples = curves.pop("examples")
+    curves["diagnostics"] = diagnostics(model, x, y)
     n_te = cfg.n_test or data.x_test.shape[0]
     clean_full = (model.predict(data.x_test[:n_te].to(device, dtype))
                   == data.y_test[:n_te].to(device)).double().mean().item()

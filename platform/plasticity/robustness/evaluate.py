@@ -143,3 +143,26 @@ def _examples(model: FrozenNet, x, y, shown: dict) -> list[dict]:
                     "l2": float((xa - x[e]).norm()), "linf": float((xa - x[e]).abs().max()),
                     "x": x[e].tolist(), "x_adv": xa.tolist()})
     return out
+
+
+def diagnostics(model: FrozenNet, x: torch.Tensor, y: torch.Tensor) -> dict:
+    """What explains a network's curves: logit scale, how often CE's input gradient is exactly 0
+    (softmax saturated in float32) among correct examples, and whether the recurrence is active
+    (relative |h_T - h_1| and mean recurrent weight on the graph's edges)."""
+    import torch.nn.functional as F
+
+    from ..network import cap
+
+    xg = x.detach().clone().requires_grad_(True)
+    logits = model.logits(xg)
+    (g,) = torch.autograd.grad(F.cross_entropy(logits, y, reduction="sum"), xg)
+    ok = logits.argmax(-1) == y
+    n = model.nets
+    with torch.no_grad():
+        h1 = cap(torch.relu(x @ n.A[0].T), n.k)
+        hT = n.hidden(x.unsqueeze(0), model.W)[0][0]
+        rel = ((hT - h1).norm(dim=1) / h1.norm(dim=1).clamp_min(1e-12)).mean().item()
+        edges = n.graph[0].sum().clamp_min(1)
+    return {"logit_std": logits.detach().std().item(),
+            "zero_ce_gradient": int((~(g != 0).any(1) & ok).sum()), "correct": int(ok.sum()),
+            "h_T_vs_h_1": rel, "mean_W_on_edges": (model.W[0].sum() / edges).item()}
