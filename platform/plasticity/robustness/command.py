@@ -22,6 +22,7 @@ from ..commands import Command, out_dir, write_json
 from ..config import Common, _choice, _positive, to_dict
 from ..events import Sink
 from ..network import Networks
+from ..rules.io import atomic_write_text
 from .attacks import FrozenNet
 from .evaluate import Budget, check_attacks, diagnostics, robustness_curves
 
@@ -203,13 +204,31 @@ def cmd_attack(cfg: AttackConfig, args, device: str, sink: Sink) -> dict:
               "seconds": time.time() - t0, "train_seconds": t_train}
     write_json(out / "result.json", result)
     write_json(out / "examples.json", {"eps": curves["eps"], "examples": examples})
+    atomic_write_text(out / "report.md", _report(result))
+    result["report"] = str(out / "report.md")
     for p in (plot_curves(result, out / "curves.png"),
               plot_examples(curves["eps"], examples, out / "examples.png")):
         if p is not None:
             sink.artifact(p)
-    for name in ("result.json", "examples.json", "network.pt"):
+    for name in ("result.json", "examples.json", "network.pt", "report.md"):
         sink.artifact(out / name)
     return result
+
+
+def _report(result: dict) -> str:
+    """Markdown: accuracy % per eps (paper's attack / worst case), every raw curve, budgets."""
+    from .plots import table
+
+    r, eps = result, result["eps"]
+    lines = [f"# Attack ({r['threat']} threat, {r['n']} test examples, seed {r['config']['seed']};"
+             f" test-time plasticity off)", "", "Paper's attack / worst case of all attacks:", "",
+             table({"network": r}), "| attack | " + " | ".join(f"{e:g}" for e in eps) + " |",
+             "|---|" + "---|" * len(eps)]
+    for a, v in r["raw"].items():
+        lines.append(f"| {a} | " + " | ".join(f"{100 * x:.1f}" for x in v) + " |")
+    lines += ["", f"Budgets: {r['budget']}", f"Non-monotone raw curves: {r['non_monotone'] or 'none'}",
+              f"Diagnostics: {r['diagnostics']}", ""]
+    return "\n".join(lines)
 
 
 COMMANDS = {
