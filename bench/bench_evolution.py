@@ -50,6 +50,7 @@ def measure(pool, coeffs, idx, reps: int) -> dict:
     return {"members": int(coeffs.shape[0]), "seconds_median": med,
             "seconds": [round(t, 4) for t in times], "members_per_s": coeffs.shape[0] / med,
             "members_per_cpu_s": coeffs.shape[0] * reps / cpu,
+            "cores_used": cpu / sum(times),  # < workers: the evaluators did not get their cores
             "load_before": before, "load_after": load()}
 
 
