@@ -129,3 +129,23 @@ def test_bad_sweep_input_is_one_line_exit_2_and_writes_nothing(args, needle, tmp
         exp = open_store(f"sqlite:///{db}").client.search_runs(["0"])
         assert exp == []
     assert not (tmp_path / "o" / "tune").exists()
+
+
+def test_asha_sweep_closes_stopped_trials_as_killed(ray_local, tmp_path, capsys):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    proc = in_process(capsys, "sweep", "smoke", "--samples", "6", "--scheduler", "asha", "--out",
+                      str(tmp_path / "sweep"), "--tracking-uri", uri, "--json")
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    store = open_store(uri)
+    children = _children(uri, result["parent_run_id"])
+    assert len(children) == 6
+    for c in children:
+        steps = len(store.client.get_metric_history(c.info.run_id, "meta/loss"))
+        rules = store.client.list_artifacts(c.info.run_id, "rules/meta-train")
+        if c.info.status == "FINISHED":
+            assert steps == 6 and rules
+        else:  # stopped by ASHA at a rung: its curve so far, no rule
+            assert c.info.status == "KILLED" and c.data.tags["tune.stopped_early"] == "true"
+            assert 1 <= steps < 6 and not rules
+    assert any(c.info.status == "FINISHED" for c in children)

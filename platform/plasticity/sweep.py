@@ -91,8 +91,10 @@ class TrialLogger(tune.Callback):
         if sink is None:
             return
         ckpt = trial.checkpoint
-        if ckpt is None:
-            sink.close("FINISHED")
+        if ckpt is None:  # stopped by the scheduler (ASHA) before its end: no result, no rule
+            sink.tags["tune.stopped_early"] = "true"
+            sink.close("KILLED")
+            print(f"[sweep] {trial} stopped early by the scheduler", file=sys.stderr, flush=True)
             return
         with ckpt.as_directory() as d:
             if (Path(d) / "result.json").is_file():  # the full config, preset fields included
