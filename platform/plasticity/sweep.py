@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import socket
 import sys
 import time
 from pathlib import Path
@@ -140,6 +141,17 @@ def _trainable(space, cpus: float, gpus: float, root: Path):
     return tune.with_resources(fn, {"cpu": cpus, "gpu": gpus})
 
 
+def _check_address(address: str | None) -> None:
+    """A HOST:PORT address must accept a connection (ray.init would wait minutes for it)."""
+    if not address or address in ("auto", "local") or ":" not in address:
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except (OSError, ValueError) as exc:
+        raise PlasticityError(f"cannot reach the Ray cluster at {address}: {exc}") from None
+
+
 def _start_ray(address: str | None) -> bool:
     """Connect to ``address`` or start a local Ray; True when this call started it."""
     if ray.is_initialized():
@@ -164,6 +176,7 @@ def run_sweep(args) -> dict:
         raise PlasticityError(f"space '{args.space}' runs '{space.command}', which this build lacks")
     if args.samples < 1:
         raise PlasticityError(f"--samples {args.samples} must be >= 1")
+    _check_address(args.address)
     seed = 0 if args.seed is None else args.seed
     out = (args.out or Path("runs") / f"sweep-{args.space}").resolve()
     exp_dir, state_file = out / "tune", out / "sweep.json"
