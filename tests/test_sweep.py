@@ -120,6 +120,8 @@ def test_killed_sweep_resumes_without_rerunning_finished_trials(ray_local, tmp_p
     (["sweep", "smoke", "--samples", "0"], "--samples 0"),
     (["sweep", "smoke", "--tracking-uri", "http://127.0.0.1:9"], "unreachable"),
     (["sweep", "smoke", "--address", "127.0.0.1:9"], "cannot reach the Ray cluster"),
+    (["sweep", "smoke", "--set", "bogus=1"], "unknown meta-train config key 'bogus'"),
+    (["sweep", "smoke", "--preset", "nope"], "unknown preset 'nope'"),
 ])
 def test_bad_sweep_input_is_one_line_exit_2_and_writes_nothing(args, needle, tmp_path, capsys):
     db = tmp_path / "mlflow.db"

@@ -24,7 +24,8 @@ NAMES = ("sweep", "ui", "reproduce")
 def add_parsers(sub, shared) -> None:
     """Add ``sweep``, ``ui`` and ``reproduce`` to the ``plasticity`` subparsers."""
     p = sub.add_parser("sweep", help="run a named Ray Tune search space, tracked in MLflow")
-    p.add_argument("space", help="search space name (search_spaces.SPACES: smoke, fig3_transfer, ...)")
+    p.add_argument("space", help="search space name (search_spaces.SPACES: smoke, fig3_transfer, "
+                   "...); --preset replaces the space's command preset, --set fixes a field")
     p.add_argument("--samples", type=int, default=1, help="samples per grid point (Tune num_samples)")
     p.add_argument("--scheduler", default="none", choices=("none", "asha", "pbt"))
     p.add_argument("--address", help="Ray cluster address (default: a new local Ray)")

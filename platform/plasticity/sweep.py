@@ -12,6 +12,7 @@ run that was cut off is deleted and logged afresh. Seeded: the search algorithm 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import random
@@ -26,6 +27,7 @@ from ray import tune
 
 from . import PlasticityError
 from .commands import write_json
+from .config import parse_sets
 from .report import markdown_table
 from .rules.io import load_rule
 
@@ -172,8 +174,15 @@ def run_sweep(args) -> dict:
     from .cli import all_commands, tracking_uri
 
     space = get_space(args.space)
-    if space.command not in all_commands():
+    commands = all_commands()
+    if space.command not in commands:
         raise PlasticityError(f"space '{args.space}' runs '{space.command}', which this build lacks")
+    # --preset replaces the space's preset, --set fixes fields; checked on one sample here
+    space = dataclasses.replace(space, preset=args.preset or space.preset,
+                                params={**space.params, **parse_sets(args.sets)})
+    from search_spaces import sample
+
+    commands[space.command].build(space.command, space.preset, sample(space, 1, seed=0)[0], None)
     if args.samples < 1:
         raise PlasticityError(f"--samples {args.samples} must be >= 1")
     _check_address(args.address)
