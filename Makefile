@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 PRESET ?= quick
 export RAY_AUTH_MODE := disabled
 
-.PHONY: setup data run test test-slow bench lint clean
+.PHONY: setup data run ui test test-slow bench lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,7 +20,10 @@ data: $(STAMP)
 	$(PY) -m plasticity prepare-data
 
 run: data
-	$(PY) -m plasticity study fig3 --preset $(PRESET) --out runs/fig3-$(PRESET)
+	$(PY) -m plasticity reproduce --preset $(PRESET) --no-progress --out runs/reproduce-$(PRESET)
+
+ui: $(STAMP)
+	$(PY) -m plasticity ui
 
 test: data
 	$(PY) -m pytest -q
@@ -30,9 +33,10 @@ test-slow: data
 
 bench: data
 	$(PY) bench/bench_engine.py --out runs/bench.json
+	$(PY) bench/bench_evolution.py --out runs/bench_evolution.json
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check platform trainables search_spaces tests bench
 
 clean:
-	rm -rf $(VENV) runs
+	rm -rf $(VENV) runs mlruns mlflow.db
