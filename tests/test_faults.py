@@ -128,3 +128,44 @@ def test_interrupted_checkpoint_write_keeps_the_previous_one_and_resume_works(
     np.testing.assert_array_equal(whole.final, resumed.final)
     assert _strip(whole.history) == _strip(resumed.history)
     assert [h["generation"] for h in resumed.history] == [1, 2, 3, 4, 5]
+
+
+# --- 2. a Tune trial that raises: reported as an error, the other trials finish -------------
+
+def test_a_failing_trial_is_an_error_and_the_others_finish(ray_local, tmp_path, capsys, monkeypatch):
+    from plasticity.tracking import child_runs, open_store
+    from ray import tune
+
+    import search_spaces
+
+    good = json.loads((search_spaces.RULES / "fig3_T1.json").read_text())
+    broken = tmp_path / "half_copied_rule.json"  # a rule file cut off while being copied
+    broken.write_text(json.dumps(good)[:200])
+    space = search_spaces.Space(
+        "train", "smoke", {"rule": tune.grid_search(["perceptron", str(broken), "winnow"])},
+        metric="train/test_accuracy_mean", mode="max", help="test only: one trial fails")
+    monkeypatch.setitem(search_spaces.SPACES, "faulty", space)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    out = tmp_path / "sweep"
+    proc = in_process(capsys, "sweep", "faulty", "--out", str(out), "--tracking-uri", uri, "--json")
+    result = json.loads(proc.stdout)
+    assert result["errors"] == 1 and len(result["trials"]) == 3
+    failed = [t for t in result["trials"] if t["error"] is not None]
+    assert [t["config"]["rule"] for t in failed] == [str(broken)]
+    assert failed[0]["error_message"].startswith("plasticity.PlasticityError: rule file")
+    summary = (out / "sweep.md").read_text()  # the summary table names the failure and why
+    assert "1 of 3 trials failed" in summary and "is not valid JSON" in summary
+    assert summary == f"# Sweep faulty (train, preset smoke)\n\n{result['summary']}"
+    store = open_store(uri)
+    parent = store.client.get_run(result["parent_run_id"])
+    assert parent.info.status == "FAILED" and parent.data.metrics["sweep/errors"] == 1
+    children = {c.data.params["rule"]: c for c in child_runs(store, result["parent_run_id"])}
+    assert set(children) == {"perceptron", str(broken), "winnow"}
+    assert children[str(broken)].info.status == "FAILED"
+    for name in ("perceptron", "winnow"):
+        c = children[name]
+        assert c.info.status == "FINISHED", name
+        assert 0.0 <= c.data.metrics["train/test_accuracy_mean"] <= 1.0
+        assert "train/test_accuracy_mean" in c.data.metrics and c.data.params["n_train"] == "600"
+        arts = {a.path for a in store.client.list_artifacts(c.info.run_id, "rules/train")}
+        assert "rules/train/rule.json" in arts

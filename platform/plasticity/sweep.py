@@ -256,16 +256,21 @@ def run_sweep(args) -> dict:
     for r in grid:
         value = (r.metrics or {}).get(space.metric)
         row = {"trial_id": (r.metrics or {}).get("trial_id"), "config": r.config,
-               space.metric: value, "error": None if r.error is None else str(r.error).splitlines()[0]}
+               space.metric: value, "error": None if r.error is None else str(r.error).splitlines()[0],
+               "error_message": None if r.error is None else _last_line(str(r.error))}
         rows.append(row)
         if value is not None and (best is None or (value < best[space.metric]) == (space.mode == "min")):
             best = row
     rows.sort(key=lambda r: str(r["trial_id"]))
     keys = sorted({k for r in rows for k in (r["config"] or {})})
-    table = markdown_table(["trial", *keys, space.metric],
+    failed = [r for r in rows if r["error"] is not None]
+    table = markdown_table(["trial", *keys, space.metric, *(["error"] if failed else [])],
                            [[r["trial_id"], *[_short(r["config"].get(k)) for k in keys],
-                             _short(r[space.metric])]
+                             _short(r[space.metric]), *([_cell(r["error_message"])] if failed else [])]
                             for r in rows])
+    if failed:  # a failed trial is never silent: named in the table and in one line after it
+        table += f"\n**{len(failed)} of {len(rows)} trials failed (error)**:\n\n" + "".join(
+            f"- {r['trial_id']}: {r['error_message']}\n" for r in failed)
     result = {"command": "sweep", "space": args.space, "metric": space.metric, "mode": space.mode,
               "trials": rows, "best": best, "errors": sum(r["error"] is not None for r in rows),
               "parent_run_id": state["parent_run_id"], "out": str(out), "seconds": time.time() - t0}
@@ -281,6 +286,19 @@ def run_sweep(args) -> dict:
         parent.artifact(out / "sweep.md")
         parent.close("FINISHED" if result["errors"] == 0 else "FAILED")
     return {**result, "summary": table}
+
+
+def _last_line(text: str) -> str:
+    """The exception's own message: the last non-empty line of a (remote) traceback."""
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    return lines[-1][:300] if lines else "error"
+
+
+def _cell(text: str | None) -> str:
+    if text is None:
+        return "-"
+    text = text.replace("|", "/")
+    return text if len(text) <= 100 else text[:97] + "..."
 
 
 def _short(v):
