@@ -165,8 +165,9 @@ def cmd_transfer(cfg: TransferConfig, args, device: str, sink: Sink) -> dict:
             cells[f"{label}|{dataset}|{shape}"] = cell
             sink.metrics({f"transfer/{label}/{shape}/{dataset}": cell["mean"] / 100})
             gd_txt = f"; GD {cell['gd']['mean']:.1f}" if "gd" in cell else ""
+            paper_txt = "" if cell["paper"] is None else f" (paper {cell['paper']})"
             print(f"[{time.time() - t0:7.1f}s] {label} -> {dataset} ({shape}): "
-                  f"{cell['mean']:.1f} ± {cell['std']:.1f} (paper {cell['paper']}){gd_txt}",
+                  f"{cell['mean']:.1f} ± {cell['std']:.1f}{paper_txt}{gd_txt}",
                   file=sys.stderr, flush=True)
     result = {"command": "transfer", "config": to_dict(cfg), "cells": cells,
               "sources": {n: r.provenance for n, r in sources}, "seconds": time.time() - t0}
