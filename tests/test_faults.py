@@ -6,6 +6,7 @@ loses and duplicates no metric step."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -18,6 +19,7 @@ import pytest
 from plasticity.evolution.driver import CHECKPOINT, run_evolution
 from test_cli import in_process
 from test_evolution import tiny
+from test_tracking import _free_port
 
 
 def _strip(history: list[dict]) -> list[dict]:
@@ -169,3 +171,138 @@ def test_a_failing_trial_is_an_error_and_the_others_finish(ray_local, tmp_path, 
         assert "train/test_accuracy_mean" in c.data.metrics and c.data.params["n_train"] == "600"
         arts = {a.path for a in store.client.list_artifacts(c.info.run_id, "rules/train")}
         assert "rules/train/rule.json" in arts
+
+
+# --- 3. the MLflow tracking server stopped mid-run and restarted ----------------------------
+
+def test_sink_keeps_metrics_through_an_outage_and_resends_idempotently(tmp_path, monkeypatch, capsys):
+    """The store fails (down, or the batch stored but its reply lost) and recovers: every step
+    lands exactly once; during the run a failed flush does not block, at close it is retried."""
+    import requests
+    from plasticity.tracking import open_store
+
+    store = open_store(f"sqlite:///{tmp_path}/mlflow.db")
+    real = store.client.raw.log_batch
+    plan = ["ok", "down", "down", "lost", "ok", "ok"]  # one entry per metrics batch sent
+
+    def flaky(run_id, metrics=(), params=(), tags=()):
+        what = plan.pop(0) if metrics and plan else "ok"
+        if what == "down":
+            raise requests.ConnectionError("[Errno 111] Connection refused")
+        out = real(run_id, metrics=metrics, params=params, tags=tags)
+        if what == "lost":
+            raise requests.ConnectionError("Connection reset by peer")
+        return out
+
+    monkeypatch.setattr(store.client.raw, "log_batch", flaky)
+    sink = store.sink("flaky", experiment="unit")
+    sink.FLUSH_S = 0.0  # flush at every step
+    for step in range(6):
+        sink.metrics({"m/a": step, "m/b": -step}, step=step)
+    assert len(sink._metrics) == 0 and not plan
+    sink.FLUSH_S = 1e9  # the last steps stay buffered until close, which meets two failures
+    for step in range(6, 8):
+        sink.metrics({"m/a": step, "m/b": -step}, step=step)
+    plan[:] = ["down", "down"]
+    sink.close()
+    for key, sign in (("m/a", 1), ("m/b", -1)):
+        hist = store.client.get_metric_history(sink.run_id, key)
+        assert sorted((h.step, h.value) for h in hist) == [(s, sign * s) for s in range(8)], key
+    assert store.client.get_run(sink.run_id).info.status == "FINISHED"
+    err = capsys.readouterr().err
+    assert "tracking store unavailable" in err and "reachable again" in err
+
+
+
+def _start_server(port: int, root: Path) -> subprocess.Popen:
+    """`mlflow server` on loopback over a sqlite store in ``root`` (as tests/test_tracking.py)."""
+    mlflow_bin = str(Path(sys.executable).parent / "mlflow")
+    return subprocess.Popen(
+        [mlflow_bin, "server", "--backend-store-uri", f"sqlite:///{root}/server.db",
+         "--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1",
+         "--port", str(port), "--workers", "1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+
+
+def _wait_healthy(server: subprocess.Popen, base: str, timeout: float = 120) -> float:
+    import urllib.request
+
+    t0 = time.time()
+    while True:
+        try:
+            urllib.request.urlopen(base + "/health", timeout=2)
+            return time.time() - t0
+        except OSError:
+            assert server.poll() is None and time.time() < t0 + timeout, "mlflow server did not start"
+            time.sleep(0.2)
+
+
+def _stop(proc: subprocess.Popen, sig=signal.SIGKILL) -> None:
+    """Kill the process group this test started (the server and its uvicorn worker)."""
+    if proc.poll() is None or sig == signal.SIGKILL:
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            pass
+    proc.wait(timeout=30)
+
+
+@pytest.mark.slow  # ~60 s: the server starts twice
+def test_tracking_server_restart_mid_run_loses_and_duplicates_no_metric(tmp_path):
+    from mlflow import MlflowClient
+
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    server = _start_server(port, tmp_path)
+    out = tmp_path / "evolve"
+    run = None
+    try:
+        _wait_healthy(server, base)
+        run = subprocess.Popen(
+            [sys.executable, "-m", "plasticity", "evolve", "--preset", "smoke", "--set",
+             "generations=400", "--set", "population=32", "--no-progress", "--tracking-uri", base,
+             "--out", str(out), "--json"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+            env={**os.environ, "OMP_NUM_THREADS": "1"})
+        deadline = time.time() + 180
+        while _checkpoint_generation(out) < 80:  # >= one batch of metrics sent (1000 per batch)
+            assert run.poll() is None, run.stderr.read()
+            assert time.time() < deadline
+            time.sleep(0.05)
+        _stop(server)  # the server dies mid-run ...
+        down_at = _checkpoint_generation(out)
+        time.sleep(3)
+        server = _start_server(port, tmp_path)  # ... and comes back on the same port and store
+        restart_s = _wait_healthy(server, base)
+        stdout, stderr = run.communicate(timeout=600)
+        assert run.returncode == 0, stderr
+        assert down_at < 400, "the run ended before the server went down"
+        print(f"server down at generation {down_at}, back after {3 + restart_s:.1f} s")
+        print(stderr)
+        assert "tracking store unavailable" in stderr  # the run did meet the outage
+        assert "Traceback" not in stderr
+        result = json.loads(stdout)
+        client = MlflowClient(tracking_uri=base)
+        exp = client.get_experiment_by_name("plasticity")
+        runs = client.search_runs([exp.experiment_id])
+        assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+        run_id = runs[0].info.run_id
+        expected: dict[str, list] = {}
+        for e in _events(out):
+            if e["event"] == "metrics" and e["step"] is not None:
+                for k, v in e["metrics"].items():
+                    expected.setdefault(k, []).append((e["step"], v))
+        assert len(expected["evolution/loss_best"]) == 400
+        for key, points in expected.items():
+            got = [(m.step, m.value) for m in client.get_metric_history(run_id, key)]
+            assert sorted(s for s, _ in got) == sorted(s for s, _ in points), key  # once each
+            values = dict(got)
+            for step, v in points:  # events.jsonl writes a non-finite value as null
+                assert (math.isnan(values[step]) if v is None
+                        else math.isclose(values[step], v, rel_tol=1e-6)), (key, step)
+        assert runs[0].data.metrics["evolve/generations"] == result["generations"] == 400
+    finally:
+        if run is not None and run.poll() is None:
+            _stop(run)
+        _stop(server, signal.SIGTERM)
+        _stop(server)

@@ -11,6 +11,11 @@
   The run is created on the first metric, rule or artifact: a run that fails before producing
   anything (bad input) leaves nothing in the store.
 - Rules come back by reference: ``models:/NAME/VERSION`` (or ``models:/NAME/latest``).
+- A store that goes away (server restarted, sqlite locked) does not end the run: every client
+  call is retried with backoff for up to ``$PLASTICITY_TRACKING_RETRY_S`` seconds (default 300)
+  on a transient error; while the store is down, metrics stay buffered (a failed flush is tried
+  again later, the run goes on) and are sent once it is back. Resending a batch is idempotent:
+  a metric keeps its timestamp, and MLflow stores an identical (key, step, timestamp, value) once.
 
 Metric names (documented in the README): ``<family>/<name>``, e.g. ``meta/loss``,
 ``transfer/mnist/large_T1``, ``evolution/loss_best``, ``attack/pgd_linf/eps_0.3``; characters
@@ -35,6 +40,8 @@ from .events import Sink
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+# `--json` prints one JSON object on stdout: no "View run at" links from MLflow there
+os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
 import mlflow  # noqa: E402
 from mlflow import MlflowClient  # noqa: E402
@@ -50,6 +57,56 @@ EXPERIMENT = "plasticity"
 OFF = ("none", "off", "false", "0", "")
 SCHEMES = ("sqlite", "http", "https", "postgresql", "mysql", "mssql", "databricks", "file")
 _BAD_KEY = re.compile(r"[^A-Za-z0-9_\-. /:]")
+
+
+def _transient(exc: BaseException) -> bool:
+    """A failure worth retrying: the store unreachable or busy, not a refused request."""
+    import requests
+
+    if isinstance(exc, (requests.ConnectionError, requests.Timeout, ConnectionError, TimeoutError)):
+        return True
+    if isinstance(exc, MlflowException):
+        msg = str(exc)
+        return (("API request to" in msg and "failed with exception" in msg)
+                or exc.error_code in ("TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED")
+                or "database is locked" in msg)
+    return False
+
+
+class RetryingClient:
+    """An MlflowClient whose calls are retried with backoff on transient errors for up to
+    ``retry_s`` seconds (one warning line on stderr, one when the store is back)."""
+
+    def __init__(self, client: MlflowClient, retry_s: float | None = None):
+        self.raw = client
+        self.retry_s = float(os.environ.get("PLASTICITY_TRACKING_RETRY_S", "300")
+                             if retry_s is None else retry_s)
+
+    def __getattr__(self, name):
+        attr = getattr(self.raw, name)
+        if not callable(attr):
+            return attr
+
+        def call(*args, **kw):
+            deadline, delay, failed = time.monotonic() + self.retry_s, 0.5, False
+            while True:
+                try:
+                    out = attr(*args, **kw)
+                    if failed:
+                        print("plasticity: tracking store reachable again", file=sys.stderr)
+                    return out
+                except Exception as exc:
+                    if not _transient(exc) or time.monotonic() + delay > deadline:
+                        raise
+                    if not failed:
+                        print(f"plasticity: warning: tracking store unavailable ({name}: "
+                              f"{str(exc).splitlines()[0][:120]}); retrying for up to "
+                              f"{self.retry_s:.0f} s", file=sys.stderr)
+                    failed = True
+                    time.sleep(delay)
+                    delay = min(2 * delay, 15.0)
+
+        return call
 
 
 def resolve_uri(uri: str | None) -> str | None:
@@ -82,7 +139,7 @@ class Store:
 
     def __init__(self, uri: str):
         self.uri = uri
-        self.client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+        self.client = RetryingClient(MlflowClient(tracking_uri=uri, registry_uri=uri))
 
     def experiment_id(self, name: str = EXPERIMENT) -> str:
         """The experiment's id, created on first use (artifacts beside a sqlite store)."""
@@ -177,6 +234,7 @@ class MlflowSink(Sink):
         self._logged: dict[str, str] = {}
         self._metrics: list = []
         self._last_flush = time.time()
+        self._retry_at = 0.0  # after a failed flush: when to try again
         self._step = 0
         self.registered: list[tuple[str, str]] = []
         self.closed = False
@@ -219,10 +277,27 @@ class MlflowSink(Sink):
     def _flush_metrics(self) -> None:
         if self.run_id is None:
             self.start()
-        for chunk in _chunks(self._metrics, _limits.MAX_METRICS_PER_BATCH):
+        while self._metrics:  # a batch leaves the buffer only once the store has it
+            chunk = self._metrics[:_limits.MAX_METRICS_PER_BATCH]
             self.client.log_batch(self.run_id, metrics=chunk)
-        self._metrics = []
+            del self._metrics[:len(chunk)]
         self._last_flush = time.time()
+
+    def _try_flush_metrics(self) -> None:
+        """Flush during the run without waiting for a store that is down: the metrics stay
+        buffered and the flush is tried again after FLUSH_S (close() waits for the store)."""
+        retry_s = self.client.retry_s
+        self.client.retry_s = 0.0
+        try:
+            self._flush_metrics()
+        except Exception as exc:
+            if not _transient(exc):
+                raise
+            print(f"plasticity: warning: tracking store unavailable; {len(self._metrics)} metrics "
+                  f"kept, retrying in {self.FLUSH_S:.0f} s", file=sys.stderr)
+            self._retry_at = time.time() + self.FLUSH_S
+        finally:
+            self.client.retry_s = retry_s
 
     # --- Sink ------------------------------------------------------------------------------
     def params(self, params: dict) -> None:
@@ -250,9 +325,9 @@ class MlflowSink(Sink):
                 continue
             self._metrics.append(Metric(metric_key(k), v if math.isfinite(v) else float("nan"),
                                         now, self._step))
-        if len(self._metrics) >= _limits.MAX_METRICS_PER_BATCH or \
-                time.time() - self._last_flush > self.FLUSH_S:
-            self._flush_metrics()
+        if time.time() >= self._retry_at and (len(self._metrics) >= _limits.MAX_METRICS_PER_BATCH
+                                               or time.time() - self._last_flush > self.FLUSH_S):
+            self._try_flush_metrics()
 
     def rule(self, name: str, rule, path: Path | None = None) -> None:
         """The rule's JSON and heatmap under ``rules/<name>/``, its key parameters and provenance
