@@ -39,7 +39,7 @@ class TrialLogger(tune.Callback):
 
     def __init__(self, uri: str, parent_run_id: str, command: str):
         self.uri, self.parent_run_id, self.command = uri, parent_run_id, command
-        self._store, self._sinks, self._last = None, {}, {}
+        self._store, self._sinks, self._last, self._existing = None, {}, {}, None
 
     def __getstate__(self):  # pickled into Tune's experiment state: no live client
         return {"uri": self.uri, "parent_run_id": self.parent_run_id, "command": self.command}
@@ -55,10 +55,12 @@ class TrialLogger(tune.Callback):
 
         if self._store is None:
             self._store = open_store(self.uri)
+        if self._existing is None:  # the children before this driver started: searched once
+            self._existing = {}
+            for run in child_runs(self._store, self.parent_run_id, EXPERIMENT):
+                self._existing.setdefault(run.data.tags.get("trial_id"), []).append(run)
         sink = None
-        for run in child_runs(self._store, self.parent_run_id, EXPERIMENT):
-            if run.data.tags.get("trial_id") != tid:
-                continue
+        for run in self._existing.get(tid, []):
             if run.info.status == "FINISHED":
                 self._sinks[tid] = None  # logged completely before a restart: leave it
                 return None

@@ -140,9 +140,15 @@ class Store:
     def __init__(self, uri: str):
         self.uri = uri
         self.client = RetryingClient(MlflowClient(tracking_uri=uri, registry_uri=uri))
+        self._ids: dict[str, str] = {}
 
     def experiment_id(self, name: str = EXPERIMENT) -> str:
         """The experiment's id, created on first use (artifacts beside a sqlite store)."""
+        if name not in self._ids:  # one lookup per store, not one per trial of a sweep
+            self._ids[name] = self._experiment_id(name)
+        return self._ids[name]
+
+    def _experiment_id(self, name: str) -> str:
         exp = self.client.get_experiment_by_name(name)
         if exp is not None:
             return exp.experiment_id
