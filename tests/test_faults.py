@@ -151,6 +151,7 @@ def test_a_failing_trial_is_an_error_and_the_others_finish(ray_local, tmp_path, 
     out = tmp_path / "sweep"
     proc = in_process(capsys, "sweep", "faulty", "--out", str(out), "--tracking-uri", uri, "--json")
     result = json.loads(proc.stdout)
+    assert proc.returncode == 1, proc.stderr  # the sweep finished, but not every trial did
     assert result["errors"] == 1 and len(result["trials"]) == 3
     failed = [t for t in result["trials"] if t["error"] is not None]
     assert [t["config"]["rule"] for t in failed] == [str(broken)]

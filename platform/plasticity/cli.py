@@ -243,7 +243,7 @@ def run(argv: list[str] | None = None) -> int:
         result = platform_commands.run(args)
         print(json.dumps(result, default=jsonable) if getattr(args, "json", False)
               else result.get("summary", ""))
-        return 0
+        return 1 if result.get("errors") else 0  # a sweep with failed trials is not a success
     sets = parse_sets(args.sets)
     device = resolve_device(args.device)
     if args.command == "study":
