@@ -34,6 +34,7 @@ test-slow: data
 bench: data
 	$(PY) bench/bench_engine.py --out runs/bench.json
 	$(PY) bench/bench_evolution.py --out runs/bench_evolution.json
+	$(PY) bench/bench_tracking_load.py --trials 64 --repeats 1 --out runs/bench_tracking_load.json
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check platform trainables search_spaces tests bench
