@@ -253,3 +253,40 @@ def test_finite_population_is_deterministic_per_seed(halfspace):
     c = run_evolution(dataclasses.replace(tiny(), seed=1), halfspace)
     np.testing.assert_array_equal(a.final, b.final)
     assert not np.array_equal(a.final, c.final)
+
+
+class _ExplodingPool:
+    """In-process losses, except that member 0 of every generation 'explodes' (NaN) and member 1
+    overflows (inf): what an unstable rule does to the unrolled loss."""
+
+    def __init__(self, cfg, data):
+        from plasticity.evolution.driver import make_pool
+
+        self.inner = make_pool(cfg, data, "cpu")
+
+    def losses(self, coeffs, idx, generation=0):
+        out = np.array(self.inner.losses(coeffs, idx, generation), dtype=np.float64)
+        out[0], out[1] = np.nan, np.inf
+        return out
+
+
+@pytest.mark.parametrize("strategy", ["ga", "es", "genetic"])
+def test_exploding_members_are_contained(halfspace, strategy):
+    """Non-finite losses never become the best, the mean or the final rule; they are counted."""
+    cfg = tiny(strategy=strategy)
+    run = run_evolution(cfg, halfspace, pool=_ExplodingPool(cfg, halfspace))
+    assert np.isfinite(run.final).all() and run.rule.output.table().isfinite().all()
+    for rec in run.history:
+        assert rec["nonfinite"] == 2
+        assert np.isfinite([rec["loss_best"], rec["loss_mean"], rec["loss_std"]]).all()
+
+
+def test_every_member_exploding_is_a_one_line_error(halfspace):
+    from plasticity import PlasticityError
+    from plasticity.evolution.driver import contain
+
+    with pytest.raises(PlasticityError, match="non-finite losses at generation 3"):
+        contain(np.array([np.nan, np.inf, 1.0]), 3)  # the current rule (last) exploded
+    with pytest.raises(PlasticityError):
+        contain(np.array([np.nan, np.nan, 1.0]), 3)  # every member exploded
+    np.testing.assert_array_equal(contain(np.array([np.nan, 2.0, 1.0]), 3), [np.inf, 2.0, 1.0])

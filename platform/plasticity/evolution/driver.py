@@ -98,13 +98,28 @@ def load_checkpoint(out: Path, cfg) -> dict:
     return ck
 
 
+def contain(losses: np.ndarray, generation: int) -> np.ndarray:
+    """Non-finite losses (a member whose rule exploded) become +inf: the worst loss for every
+    strategy (fitness 0 in the genetic model, last in every ranking). If the current rule or
+    every member is non-finite the run stops with a one-line error instead of saving it."""
+    losses = np.asarray(losses, dtype=np.float64)
+    bad = ~np.isfinite(losses)
+    if bad[-1] or bad[:-1].all():
+        raise PlasticityError(f"evolution: non-finite losses at generation {generation} "
+                              f"({int(bad.sum())} of {bad.shape[0]}, the current rule included: "
+                              f"{bool(bad[-1])}): lower eta, eps or sigma")
+    return np.where(bad, np.inf, losses)
+
+
 def _record(g, members, losses, center, center_loss, l2, strategy, examples, elapsed,
             eval_s) -> dict:
     """One generation's summary. ``loss_center``: the loss (with the L2 term) of the rule the
     strategy held when the generation was evaluated; ``loss_task``: the same without L2 (what
     meta-learning GD logs as its step loss); ``rule``: the rule after selection."""
-    return {"generation": g, "loss_best": float(losses.min()), "loss_mean": float(losses.mean()),
-            "loss_std": float(losses.std()), "loss_center": float(center_loss),
+    ok = losses[np.isfinite(losses)]  # an exploding member never becomes "best" or a mean
+    return {"generation": g, "loss_best": float(ok.min()), "loss_mean": float(ok.mean()),
+            "loss_std": float(ok.std()), "nonfinite": int(losses.shape[0] - ok.shape[0]),
+            "loss_center": float(center_loss),
             "loss_task": float(center_loss - 0.5 * l2 * (center**2).sum()),
             "members": int(members.shape[0]), "examples": int(examples),
             "seconds": float(elapsed), "eval_seconds": float(eval_s), **strategy.stats(),
@@ -151,7 +166,7 @@ def run_evolution(cfg, data, *, device="cpu", out: Path | None = None, resume: b
             idx = next(batches).numpy()
             members, center = strategy.ask(g), strategy.center()
             t0 = time.perf_counter()
-            losses = pool.losses(np.concatenate([members, center[None]]), idx, g)
+            losses = contain(pool.losses(np.concatenate([members, center[None]]), idx, g), g)
             eval_s = time.perf_counter() - t0
             strategy.tell(g, members, losses[:-1])
             examples += losses.shape[0] * per_member
