@@ -92,7 +92,6 @@ def test_bad_reproduce_input_is_one_line_exit_2(args, needle, tmp_path, capsys):
     assert_one_line_error(proc, needle)
 
 
-@pytest.mark.slow  # ~2 min on 2 cores: every stage at smoke size
 def test_reproduce_smoke_runs_every_stage(tmp_path, capsys):
     out = tmp_path / "rep"
     proc = in_process(capsys, "reproduce", "--preset", "smoke", "--out", str(out),

@@ -79,7 +79,6 @@ def _starts(trial_dir: Path) -> int:
     return sum(json.loads(line)["event"] == "params" for line in f.read_text().splitlines())
 
 
-@pytest.mark.slow  # ~40 s: a second driver process and Ray client
 def test_killed_sweep_resumes_without_rerunning_finished_trials(ray_local, tmp_path, capsys):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     out = tmp_path / "sweep"

@@ -122,7 +122,6 @@ def _rest(base: str, path: str, body: dict | None = None) -> dict:
         return json.loads(r.read())
 
 
-@pytest.mark.slow  # ~30 s: starting `mlflow server` dominates
 def test_mlflow_server_over_http(tmp_path, capsys):
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
