@@ -40,11 +40,18 @@ class TuneSink(Sink):
         tune.report({**carried, **clean, "step": self.step, "new_keys": ",".join(clean)})
 
     def rule(self, name, rule, path=None):
+        """Keep the rule in the trial folder with its heatmap, rendered here in the trial: the
+        driver, which logs every trial, then only copies it (rendering was most of its time)."""
+        from plasticity.report import heatmap_title, rule_heatmap
+
         key = name.replace("/", "_")
+        learned = path is not None
         if path is None or not Path(path).resolve().is_relative_to(self.out.resolve()):
             path = save_rule(rule, self.out / "rules" / f"{key}.json")
-        self.rules[name] = {"file": str(Path(path).resolve().relative_to(self.out.resolve())),
-                            "learned": path is not None}
+        heatmap = rule_heatmap(rule, self.out / "rules" / f"{key}.heatmap.png",
+                               title=heatmap_title(name, rule))
+        rel = lambda p: str(Path(p).resolve().relative_to(self.out.resolve()))  # noqa: E731
+        self.rules[name] = {"file": rel(path), "learned": learned, "heatmap": rel(heatmap)}
 
     def finish(self, command: str, result: dict) -> dict:
         """The final metrics: every latest value plus the result's scalars as ``command/key``."""

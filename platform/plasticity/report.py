@@ -7,6 +7,7 @@ tracking observer calls these to turn a rule event into a picture.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,18 @@ def _history_labels(n: int) -> list[str]:
     """Row labels of a table with n = 2^T rows: the T-bit firing histories, oldest bit first."""
     bits = max(1, int(round(np.log2(n)))) if n > 1 else 1
     return [format(i, f"0{bits}b") for i in range(n)] if 2**bits == n else [str(i) for i in range(n)]
+
+
+def registered_name(rule) -> str:
+    """Registry name of a learned rule: ``<method>-<dataset>-T<T>`` (e.g. ``gd-halfspace-T1``)."""
+    prov = rule.provenance or {}
+    name = f"{prov.get('method', 'rule')}-{prov.get('dataset', 'unknown')}-T{rule.T}"
+    return re.sub(r"[^A-Za-z0-9_\-.]", "_", name)
+
+
+def heatmap_title(name: str, rule) -> str:
+    """The title of a logged rule's heatmap."""
+    return f"{name}: {registered_name(rule)}"
 
 
 def rule_heatmap(rule, path: str | Path, title: str | None = None) -> Path:

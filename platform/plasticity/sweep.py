@@ -107,7 +107,8 @@ class TrialLogger(tune.Callback):
             rules = Path(d) / "rules.json"
             for name, r in (json.loads(rules.read_text()) if rules.is_file() else {}).items():
                 f = Path(d) / r["file"]
-                sink.rule(name, load_rule(f), f if r["learned"] else None)
+                sink.rule(name, load_rule(f), f if r["learned"] else None,
+                          heatmap=Path(d) / r["heatmap"] if r.get("heatmap") else None)
             sink.out = Path(d)
             sink.close("FINISHED")
         print(f"[sweep] {trial} finished", file=sys.stderr, flush=True)

@@ -29,6 +29,7 @@ import logging
 import math
 import os
 import re
+import shutil
 import sys
 import tempfile
 import time
@@ -48,6 +49,8 @@ from mlflow import MlflowClient  # noqa: E402
 from mlflow.entities import Metric, Param, RunTag  # noqa: E402
 from mlflow.exceptions import MlflowException  # noqa: E402
 from mlflow.utils import validation as _limits  # noqa: E402
+
+from .report import registered_name  # noqa: E402,F401  (re-exported: tracking.registered_name)
 
 for _name in ("mlflow", "alembic"):
     logging.getLogger(_name).setLevel(logging.WARNING)
@@ -217,13 +220,6 @@ def _chunks(items: list, n: int):
         yield items[i:i + n]
 
 
-def registered_name(rule) -> str:
-    """Registry name of a learned rule: ``<method>-<dataset>-T<T>`` (e.g. ``gd-halfspace-T1``)."""
-    prov = rule.provenance or {}
-    name = f"{prov.get('method', 'rule')}-{prov.get('dataset', 'unknown')}-T{rule.T}"
-    return re.sub(r"[^A-Za-z0-9_\-.]", "_", name)
-
-
 class MlflowSink(Sink):
     """Log one command run (or one trial) to MLflow; see the module docstring."""
 
@@ -335,10 +331,11 @@ class MlflowSink(Sink):
                                                or time.time() - self._last_flush > self.FLUSH_S):
             self._try_flush_metrics()
 
-    def rule(self, name: str, rule, path: Path | None = None) -> None:
+    def rule(self, name: str, rule, path: Path | None = None, heatmap: Path | None = None) -> None:
         """The rule's JSON and heatmap under ``rules/<name>/``, its key parameters and provenance
-        as params/tags; a learned rule (saved to ``path``) is registered."""
-        from .report import rule_heatmap
+        as params/tags; a learned rule (saved to ``path``) is registered. ``heatmap``: a picture
+        already rendered (by a Tune trial), copied instead of rendered again in the driver."""
+        from .report import heatmap_title, rule_heatmap
         from .rules.io import save_rule
 
         self.start()
@@ -362,7 +359,10 @@ class MlflowSink(Sink):
                 src.write_text(Path(path).read_text())
             else:
                 save_rule(rule, src)
-            rule_heatmap(rule, Path(tmp) / "heatmap.png", title=f"{name}: {registered_name(rule)}")
+            if heatmap is not None and Path(heatmap).is_file():
+                shutil.copyfile(heatmap, Path(tmp) / "heatmap.png")
+            else:
+                rule_heatmap(rule, Path(tmp) / "heatmap.png", title=heatmap_title(name, rule))
             self.client.log_artifacts(self.run_id, tmp, f"rules/{key}")
         if self.register and path is not None and prov.get("method") not in (None, "classic"):
             self.registered.append(self._register(rule, f"rules/{key}"))
