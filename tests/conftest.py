@@ -11,7 +11,7 @@ torch.set_num_threads(1)
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 # CLI runs in tests track nothing unless a test asks for a store (tests/test_tracking.py does):
 # no mlflow.db appears in the working directory, and no test pays for MLflow it does not check.
-os.environ.setdefault("PLASTICITY_TRACKING_URI", "none")
+os.environ["PLASTICITY_TRACKING_URI"] = "none"  # also over a developer's own setting
 
 
 @pytest.fixture(scope="session")

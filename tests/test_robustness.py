@@ -19,11 +19,6 @@ from plasticity.transfer import run_train
 BUDGET = Budget(steps=10, restarts=2, paper_steps=10, paper_alpha=1.0, queries=60)
 
 
-@pytest.fixture(autouse=True)
-def _no_tracking(monkeypatch):
-    monkeypatch.setenv("PLASTICITY_TRACKING_URI", "none")
-
-
 @pytest.fixture(scope="module")
 def mnist():
     return load_dataset("mnist")

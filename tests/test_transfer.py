@@ -16,11 +16,6 @@ from plasticity.transfer import lift_rule, transfer_cell
 SMALL = dict(neurons=40, k=20, n_train=400, n_test=300, eval_every=100, eval_examples=200)
 
 
-@pytest.fixture(autouse=True)
-def _no_tracking(monkeypatch):
-    monkeypatch.setenv("PLASTICITY_TRACKING_URI", "none")
-
-
 @pytest.fixture(scope="module")
 def halfspace():
     return load_dataset("halfspace")

@@ -14,8 +14,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from plasticity.config import to_dict
-from plasticity.events import FanOut, JsonlSink, Sink
+from plasticity.commands import run_handler
+from plasticity.events import Sink
 from plasticity.rules.io import atomic_write_text, save_rule
 
 DONE = "DONE.json"  # final metrics of a finished trial
@@ -78,12 +78,5 @@ def command_trainable(config: dict, command: str, preset: str | None, root: str,
         return
     cmd, cfg, args = prepare_command(command, preset, config, out)
     sink = TuneSink(out, metric)
-    events = FanOut(JsonlSink(out / "events.jsonl"), sink)
-    events.params(to_dict(cfg))
-    status = "FAILED"
-    try:
-        result = cmd.handler(cfg, args, "cuda" if ray.get_gpu_ids() else "cpu", events)
-        status = "FINISHED"
-    finally:
-        events.close(status)
+    result = run_handler(cmd, cfg, args, "cuda" if ray.get_gpu_ids() else "cpu", sink)
     tune.report(sink.finish(command, result), checkpoint=Checkpoint.from_directory(out))

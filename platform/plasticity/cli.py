@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 
 from . import PlasticityError, __version__
-from .commands import Command, jsonable, out_dir, resolve_device, write_json
+from .commands import Command, jsonable, out_dir, resolve_device, run_handler, write_json
 from .config import PRESETS, BaselineConfig, MetaConfig, TrainConfig, parse_sets, to_dict
-from .events import FanOut, JsonlSink, Sink
+from .events import Sink
 
 # Modules that contribute subcommands: each exposes COMMANDS: dict[str, Command].
 COMMAND_MODULES = (
@@ -212,22 +212,6 @@ def tracking_sink(args, name: str, cfg) -> Sink | None:
     return sink_for_command(uri, name, {"plasticity.preset": args.preset or "-"}, args.out)
 
 
-def _run_command(command: Command, cfg, args, device: str) -> dict:
-    """Run one handler with its event sinks; the sinks are closed with the run's status."""
-    sink = FanOut(JsonlSink(args.out / "events.jsonl"), tracking_sink(args, args.command, cfg))
-    sink.params(to_dict(cfg))
-    status = "FAILED"
-    try:
-        result = command.handler(cfg, args, device, sink)
-        status = "FINISHED"
-        return result
-    except KeyboardInterrupt:
-        status = "KILLED"
-        raise
-    finally:
-        sink.close(status)
-
-
 def run(argv: list[str] | None = None) -> int:
     """Parse, run, print. Returns the exit code."""
     args = build_parser().parse_args(argv)
@@ -258,7 +242,7 @@ def run(argv: list[str] | None = None) -> int:
             sets.update(command.sets_from_args(args))
         cfg = command.build(args.command, args.preset, sets, args.seed)
         args.out = out_dir(args, args.command)
-        result = _run_command(command, cfg, args, device)
+        result = run_handler(command, cfg, args, device, tracking_sink(args, args.command, cfg))
     if args.json:
         print(json.dumps(result, default=jsonable))
     else:

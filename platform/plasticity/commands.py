@@ -17,7 +17,8 @@ from typing import Callable
 import numpy as np
 
 from . import PlasticityError
-from .config import build_config
+from .config import build_config, to_dict
+from .events import FanOut, JsonlSink, Sink
 
 
 @dataclass(frozen=True)
@@ -73,3 +74,20 @@ def write_json(path: Path, obj) -> Path:
     from .rules.io import atomic_write_text
 
     return atomic_write_text(path, json.dumps(obj, indent=1, default=jsonable))
+
+
+def run_handler(command: Command, cfg, args, device: str, *sinks: Sink | None) -> dict:
+    """Run one handler with ``events.jsonl`` in ``args.out`` plus ``sinks`` (tracking, Tune);
+    the config is logged first, and every sink is closed with the run's status."""
+    sink = FanOut(JsonlSink(args.out / "events.jsonl"), *sinks)
+    sink.params(to_dict(cfg))
+    status = "FAILED"
+    try:
+        result = command.handler(cfg, args, device, sink)
+        status = "FINISHED"
+        return result
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        sink.close(status)

@@ -174,7 +174,7 @@ def train_with_rule(
     curve.append(evaluate(nets, learner.W, learner.U, xe, ye).cpu().numpy())
     final = evaluate(nets, learner.W, learner.U, x_test, y_test).cpu().numpy()
     return TrainResult(marks, np.stack(curve), final, learner.updates.cpu().numpy(),
-                       learner.W, learner.U, learner.check_finite().cpu().numpy())
+                       learner.W, learner.U, learner.diverged.cpu().numpy())
 
 
 def progress_bar(total: int, enabled: bool, desc: str, unit: str = "ex"):

@@ -13,13 +13,24 @@ from pathlib import Path
 import numpy as np
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib.pyplot on the Agg backend (no display needed), imported on first use."""
     import matplotlib
 
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def save_figure(fig, path: str | Path, dpi: int = 110) -> Path:
+    """Lay out, write (creating the folder) and close a figure; returns the path."""
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    pyplot().close(fig)
+    return path
 
 
 def _history_labels(n: int) -> list[str]:
@@ -45,7 +56,7 @@ def rule_heatmap(rule, path: str | Path, title: str | None = None) -> Path:
 
     Rows are presynaptic firing histories (T bits); output-rule columns are (label row, predicted
     row), RNN-rule columns the postsynaptic history. Cells are annotated when the table is small."""
-    plt = _pyplot()
+    plt = pyplot()
     layers = [("output rule", rule.output.table().numpy())]
     if rule.rnn is not None:
         layers.append(("RNN rule", rule.rnn.table().numpy()))
@@ -65,18 +76,13 @@ def rule_heatmap(rule, path: str | Path, title: str | None = None) -> Path:
                 ax.text(j, i, f"{v:+.2g}", ha="center", va="center", fontsize=6)
         fig.colorbar(im, ax=ax, fraction=0.05)
     fig.suptitle(title or f"T={rule.T}, {rule.mode}", fontsize=9)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def curves_plot(curves: dict[str, tuple[list, list]], path: str | Path, *, xlabel: str,
                 ylabel: str, title: str = "", logx: bool = False) -> Path:
     """A PNG with one line per named curve ``{name: (x, y)}``."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
     for name, (x, y) in curves.items():
         ax.plot(x, y, marker="o" if len(x) < 20 else None, ms=3, label=name)
@@ -88,18 +94,13 @@ def curves_plot(curves: dict[str, tuple[list, list]], path: str | Path, *, xlabe
         ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def bar_plot(values: dict[str, dict[str, float]], path: str | Path, *, ylabel: str,
              title: str = "") -> Path:
     """Grouped bars: ``{group: {series: value}}`` (e.g. data set -> network -> accuracy)."""
-    plt = _pyplot()
+    plt = pyplot()
     groups = list(values)
     series = sorted({s for g in values.values() for s in g}, key=lambda s: str(s))
     width = 0.8 / max(1, len(series))
@@ -113,30 +114,25 @@ def bar_plot(values: dict[str, dict[str, float]], path: str | Path, *, ylabel: s
         ax.set_title(title, fontsize=10)
     ax.legend(fontsize=7)
     ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
+
+
+def _cell(v) -> str:
+    """A table cell: floats with one decimal, None as '-'."""
+    return f"{v:.1f}" if isinstance(v, float) else ("-" if v is None else str(v))
 
 
 def markdown_table(headers: list[str], rows: list[list]) -> str:
     """A Markdown table; floats printed with one decimal."""
 
-    def cell(v):
-        return f"{v:.1f}" if isinstance(v, float) else ("-" if v is None else str(v))
-
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    lines += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in rows]
     return "\n".join(lines) + "\n"
 
 
 def text_table(headers: list[str], rows: list[list]) -> str:
     """The same table aligned for a terminal."""
-    cells = [[str(h) for h in headers]] + [
-        [f"{v:.1f}" if isinstance(v, float) else ("-" if v is None else str(v)) for v in r]
-        for r in rows]
+    cells = [[str(h) for h in headers]] + [[_cell(v) for v in r] for r in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
     out = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in cells]
     out.insert(1, "  ".join("-" * w for w in widths))

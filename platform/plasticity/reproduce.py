@@ -22,9 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import PlasticityError
-from .commands import write_json
+from .commands import run_handler, write_json
 from .config import to_dict
-from .events import FanOut, JsonlSink, Sink
+from .events import Sink
 from .report import curves_plot, markdown_table, rule_heatmap, text_table
 from .rules.io import atomic_write_text
 
@@ -212,18 +212,7 @@ def _run_stage(stage: Stage, command, cfg, sargs, device, store, parent) -> dict
         child = store.sink(stage.name, parent_run_id=parent.run_id, out=sargs.out,
                            tags={"plasticity.command": stage.command, "reproduce.stage": stage.name,
                                  "plasticity.preset": stage.preset or "-"})
-    sink = FanOut(JsonlSink(sargs.out / "events.jsonl"), child)
-    sink.params(to_dict(cfg))
-    status = "FAILED"
-    try:
-        result = command.handler(cfg, sargs, device, sink)
-        status = "FINISHED"
-        return result
-    except KeyboardInterrupt:
-        status = "KILLED"
-        raise
-    finally:
-        sink.close(status)
+    return run_handler(command, cfg, sargs, device, child)
 
 
 # --- summary -------------------------------------------------------------------------------

@@ -213,7 +213,7 @@ def report(result: dict) -> str:
 
 def plot_matrix(result: dict, out: Path) -> list[Path]:
     """One heatmap per shape: sources x targets, mean accuracy (± std in the cell text)."""
-    from .robustness.plots import pyplot
+    from .report import pyplot, save_figure
 
     plt, paths = pyplot(), []
     cells = list(result["cells"].values())
@@ -233,17 +233,14 @@ def plot_matrix(result: dict, out: Path) -> list[Path]:
         ax.set_yticks(range(len(srcs)), srcs, fontsize=8)
         ax.set_title(f"test accuracy %, shape {shape}", fontsize=9)
         fig.colorbar(im, ax=ax)
-        fig.tight_layout()
-        paths.append(out / f"matrix_{shape}.png")
-        fig.savefig(paths[-1], dpi=120)
-        plt.close(fig)
+        paths.append(save_figure(fig, out / f"matrix_{shape}.png", dpi=120))
     return paths
 
 
 def plot_curves(result: dict, path: Path) -> Path:
     """Accuracy against examples seen (= GD steps at batch 1), rule vs GD, one panel per target
     and shape."""
-    from .robustness.plots import pyplot
+    from .report import pyplot, save_figure
 
     plt = pyplot()
     cells = list(result["cells"].values())
@@ -263,10 +260,7 @@ def plot_curves(result: dict, path: Path) -> Path:
         ax.legend(fontsize=5)
     for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 COMMANDS = {

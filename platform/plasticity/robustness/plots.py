@@ -1,5 +1,5 @@
 """Pictures of attack results: robust accuracy against eps, Fig. 5 side by side with the paper,
-and adversarial images beside their originals. matplotlib (Agg) is imported only here.
+and adversarial images beside their originals (matplotlib via plasticity.report).
 
 ``python -m plasticity.robustness.plots OUT.png LABEL=RUN/result.json ...`` draws Fig. 5 from
 several ``plasticity attack`` runs.
@@ -11,20 +11,13 @@ import math
 import sys
 from pathlib import Path
 
+from ..report import pyplot, save_figure
+
 # PAPER.md 5.4, read from the paper's Fig. 5 (L2 eps 0, 0.5, ..., 4), accuracy %
 PAPER_FIG5 = {"rule, T=3": [83, 73, 68, 68, 59, 46, 41, 36, 35],
               "rule, T=1": [92, 71, 43, 27, 12, 10, 5, 2, 0],
               "GD, T=3": [98, 55, 8, 1, 0, 0, 0, 0, 0]}
 PAPER_EPS = [0.5 * i for i in range(9)]
-
-
-def pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def plot_curves(result: dict, path: Path) -> Path:
@@ -40,10 +33,7 @@ def plot_curves(result: dict, path: Path) -> Path:
     ax.set_ylim(-2, 102)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=120)
 
 
 def plot_fig5(runs: dict[str, dict], path: Path, paper: bool = True) -> Path:
@@ -66,10 +56,7 @@ def plot_fig5(runs: dict[str, dict], path: Path, paper: bool = True) -> Path:
     ax.set_ylim(-2, 102)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=120)
 
 
 def plot_examples(eps: list[float], examples: list[list[dict]], path: Path) -> Path | None:
@@ -92,10 +79,7 @@ def plot_examples(eps: list[float], examples: list[list[dict]], path: Path) -> P
             ax.set_title(title, fontsize=8)
             ax.axis("off")
     fig.suptitle(f"adversarial examples at eps = {e:g}", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=120)
 
 
 def table(runs: dict[str, dict]) -> str:
