@@ -11,7 +11,9 @@ Conventions (PAPER.md 1.3, 2.1-2.3):
   pre-activation of ``j`` is ``sum_i W[j, i] h[i]``; every weight is used as ``W * G``.
 - ``U[c, i]`` is the weight from hidden neuron ``i`` to output ``c``.
 - A round: ``z = A x`` (round 1), then ``z = W h + A x`` ("paper") or ``W (h + A x)`` ("code");
-  ``h = cap_k(ReLU(z))``; a neuron fires when it is kept by the cap AND its value is > 0.
+  ``h = cap_k(ReLU(z))``, the cap keeping the k largest with ties to the lowest index; a neuron
+  fires when it is kept by the cap AND its value is > 0 (``firing="positive"``), or when it is
+  kept by the cap (``"topk"``, the reference code's firing).
 - History: ``hist = 2 * hist + fired`` each round, so the first round is the most significant bit.
 - RNN rule table ``r[pre_hist, post_hist]``: ``dW[j, i] = r[hist[i], hist[j]]``, graph edges only.
 - Output rule table ``r_o[hist, b]``: the true-label row gets ``r_o[hist, 0]``; the (wrongly)
@@ -44,7 +46,8 @@ def cap_tie(z: np.ndarray, k: int, rel: float = 1e-9) -> bool:
     return bool(v[k] > 0 and v[k - 1] - v[k] <= rel * v[k - 1])
 
 
-def forward_one(A, G, W, U, x, k: int, T: int, recurrence: str = "paper", stats=None):
+def forward_one(A, G, W, U, x, k: int, T: int, recurrence: str = "paper", stats=None,
+                firing: str = "positive"):
     """One example through one network. A [V, d], G [V, V], W [V, V], U [l, V], x [d]
     -> (logits [l], h_T [V], hist [V] ints in [0, 2^T)). ``stats["cap_ties"]`` (if given) counts
     rounds whose cap boundary is a tie (see ``cap_tie``)."""
@@ -64,7 +67,7 @@ def forward_one(A, G, W, U, x, k: int, T: int, recurrence: str = "paper", stats=
             stats["cap_ties"] = stats.get("cap_ties", 0) + 1
         keep = keep_mask(z, k)
         h = np.where(keep, z, 0.0)
-        fired = keep & (z > 0)
+        fired = keep if firing == "topk" else keep & (z > 0)
         hist = 2 * hist + fired.astype(np.int64)
     logits = np.array([U[c] @ h for c in range(U.shape[0])])
     return logits, h, hist
@@ -108,7 +111,7 @@ def fresh(V: int, n_classes: int, G, mode: str):
 
 def train_one(A, G, k, T, n_classes, rnn_table, out_table, x, y, order, *, eta=0.01,
               mode="additive", update_on="mistakes", output_rows="label_pred",
-              recurrence="paper", stats=None):
+              recurrence="paper", stats=None, firing="positive"):
     """Rule-based training of ONE network on the examples ``order`` (one at a time).
 
     Returns (W, U, number of updates); ``stats`` as in ``forward_one``."""
@@ -116,7 +119,7 @@ def train_one(A, G, k, T, n_classes, rnn_table, out_table, x, y, order, *, eta=0
     W, U = fresh(V, n_classes, G, mode)
     updates = 0
     for idx in order:
-        logits, _, hist = forward_one(A, G, W, U, x[idx], k, T, recurrence, stats)
+        logits, _, hist = forward_one(A, G, W, U, x[idx], k, T, recurrence, stats, firing)
         pred = first_argmax(logits)
         if update_on == "mistakes" and pred == y[idx]:
             continue
@@ -126,9 +129,9 @@ def train_one(A, G, k, T, n_classes, rnn_table, out_table, x, y, order, *, eta=0
     return W, U, updates
 
 
-def accuracy_one(A, G, W, U, k, T, x, y, recurrence="paper") -> float:
+def accuracy_one(A, G, W, U, k, T, x, y, recurrence="paper", firing="positive") -> float:
     """Test accuracy of one network."""
-    hits = sum(first_argmax(forward_one(A, G, W, U, x[i], k, T, recurrence)[0]) == y[i]
+    hits = sum(first_argmax(forward_one(A, G, W, U, x[i], k, T, recurrence, None, firing)[0]) == y[i]
                for i in range(x.shape[0]))
     return hits / max(x.shape[0], 1)
 
@@ -149,7 +152,7 @@ def train_all(nets, rnn_table, out_table, x, y, order, **kw):
         stats: dict = {}
         W, U, u = train_one(numpy64(nets.A[n]), numpy64(nets.graph[n]), nets.k, nets.T,
                             nets.n_classes, rt, ot, xs, ys, orders[n],
-                            recurrence=nets.recurrence, stats=stats, **kw)
+                            recurrence=nets.recurrence, stats=stats, firing=nets.firing, **kw)
         Ws.append(W)
         Us.append(U)
         ups.append(u)
@@ -184,7 +187,8 @@ def mlp_table(w1, b1, w2, b2, layer: str, T: int) -> torch.Tensor:
 # ------------------------------------------------------------------------------ meta-learning
 
 
-def forward_torch(A, G, W, U, x, k: int, T: int, recurrence: str, margins: list | None = None):
+def forward_torch(A, G, W, U, x, k: int, T: int, recurrence: str, margins: list | None = None,
+                  firing: str = "positive"):
     """``forward_one`` in torch (differentiable in W, U). Appends to ``margins`` the distance of
     this forward pass's discrete decisions (ReLU sign, cap boundary) from a tie."""
     WG = W * G
@@ -209,7 +213,7 @@ def forward_torch(A, G, W, U, x, k: int, T: int, recurrence: str, margins: list 
             if k < srt.numel() and srt[k] > 0:
                 margins.append(float(srt[k - 1] - srt[k]))
         h = torch.relu(z) * keep
-        fired = keep & (zd > 0)
+        fired = keep if firing == "topk" else keep & (zd > 0)
         hist = 2 * hist + fired.to(torch.int64)
     logits = torch.stack([U[c] @ h for c in range(U.shape[0])])
     return logits, h, hist
@@ -217,9 +221,11 @@ def forward_torch(A, G, W, U, x, k: int, T: int, recurrence: str, margins: list 
 
 def episode_loss_one(A, G, k, T, n_classes, rnn_table, out_table, xs, ys, *, eta, mode="additive",
                      update_on="mistakes", output_rows="label_pred", recurrence="paper",
-                     margins: list | None = None) -> torch.Tensor:
+                     margins: list | None = None, firing: str = "positive",
+                     loss: str = "logits") -> torch.Tensor:
     """One meta-learning episode (PAPER.md 3): fresh W, U; learn xs [B, d] one example at a time
-    (differentiably in the rule tables); mean cross-entropy of the final weights on xs."""
+    (differentiably in the rule tables); mean cross-entropy of the final weights on xs (of the
+    logits, or with ``loss="softmax"`` of the softmax outputs, the reference code's loss)."""
     V = A.shape[0]
     if mode == "additive":
         W = torch.zeros(V, V, dtype=A.dtype)
@@ -232,7 +238,7 @@ def episode_loss_one(A, G, k, T, n_classes, rnn_table, out_table, xs, ys, *, eta
         return w + eta * r if mode == "additive" else w * (1.0 + eta * r)
 
     for t in range(xs.shape[0]):
-        logits, _, hist = forward_torch(A, G, W, U, xs[t], k, T, recurrence, margins)
+        logits, _, hist = forward_torch(A, G, W, U, xs[t], k, T, recurrence, margins, firing)
         ld = logits.detach()
         pred = first_argmax(ld.tolist())
         y = int(ys[t])
@@ -257,13 +263,17 @@ def episode_loss_one(A, G, k, T, n_classes, rnn_table, out_table, xs, ys, *, eta
             W = torch.where(G > 0, change(W, R), W)
     losses = []
     for t in range(xs.shape[0]):
-        logits, _, _ = forward_torch(A, G, W, U, xs[t], k, T, recurrence, margins)
+        logits, _, _ = forward_torch(A, G, W, U, xs[t], k, T, recurrence, margins, firing)
+        if loss == "softmax":
+            e = torch.exp(logits - logits.max())
+            logits = e / e.sum()
         losses.append(torch.logsumexp(logits, 0) - logits[int(ys[t])])
     return torch.stack(losses).mean()
 
 
 def meta_step_reference(nets, rnn_table, out_table, xs, ys, *, eta, mode="additive",
-                        update_on="mistakes", output_rows="label_pred", margins=None):
+                        update_on="mistakes", output_rows="label_pred", margins=None,
+                        loss="logits"):
     """The meta-loss of one step, episode by episode in a Python loop, in float64: the mean over
     episodes of ``episode_loss_one``. xs: [E, B, d], ys: [E, B]; ``nets`` an engine batch of E
     networks (only its A, graph, k, T are read). Differentiable in the tables."""
@@ -275,5 +285,6 @@ def meta_step_reference(nets, rnn_table, out_table, xs, ys, *, eta, mode="additi
         total = total + episode_loss_one(
             A, G, nets.k, nets.T, nets.n_classes, rnn_table, out_table,
             xs[e].to(torch.float64), ys[e], eta=eta, mode=mode, update_on=update_on,
-            output_rows=output_rows, recurrence=nets.recurrence, margins=margins)
+            output_rows=output_rows, recurrence=nets.recurrence, margins=margins,
+            firing=nets.firing, loss=loss)
     return total / E

@@ -11,7 +11,7 @@ import typing
 from dataclasses import dataclass, fields
 
 from . import PlasticityError
-from .network import INPUT_WEIGHTS, RECURRENCES, check_network_shape
+from .network import FIRINGS, INPUT_WEIGHTS, RECURRENCES, check_network_shape
 from .rules.tables import MODES, OUTPUT_ROWS, PARAMETRIZATIONS, UPDATE_ON
 
 DTYPES = ("float32", "float64")
@@ -44,6 +44,7 @@ class Common:
     p: float = 0.5  # edge probability of the graph and input masks
     T: int = 1  # firing rounds (T = 1: feedforward)
     recurrence: str = "paper"  # paper: cap(ReLU(Wh + Ax)) | code: cap(ReLU(W(h + Ax)))
+    firing: str = "positive"  # positive: kept by the cap and > 0 | topk: kept by the cap (code)
     input_weights: str = "normal"  # normal: A ~ N(0,1) | ones (Table 2's starred row)
     dtype: str = "float32"  # float32 | float64
     eta: float = 0.01  # plasticity step size
@@ -52,6 +53,7 @@ class Common:
         check_network_shape(neurons=self.neurons, k=self.k, p=self.p, T=self.T)
         _choice("inputs", self.inputs, ("normal", "uniform"))
         _choice("recurrence", self.recurrence, RECURRENCES)
+        _choice("firing", self.firing, FIRINGS)
         _choice("input_weights", self.input_weights, INPUT_WEIGHTS)
         _choice("dtype", self.dtype, DTYPES)
         _positive(self, "eta")
@@ -88,6 +90,7 @@ class MetaConfig(Common):
     update_on: str = "mistakes"  # mistakes | all examples
     output_rows: str = "label_pred"  # label_pred | all output rows
     rule_param: str = "table"  # table | mlp
+    meta_loss: str = "logits"  # logits: CE on logits | softmax: CE on softmax outputs (the code)
     hidden: int = 10  # MLP rule hidden units
     rnn_init: float = 1.0  # std of the initial RNN rule table (paper: N(0,1))
     output_init: float = 0.0  # std of the initial output rule table (paper: zeros)
@@ -111,6 +114,7 @@ class MetaConfig(Common):
         _choice("update_on", self.update_on, UPDATE_ON)
         _choice("output_rows", self.output_rows, OUTPUT_ROWS)
         _choice("rule_param", self.rule_param, PARAMETRIZATIONS)
+        _choice("meta_loss", self.meta_loss, ("logits", "softmax"))
         _positive(self, "hidden", "episodes", "batch", "steps", "lr", "eval_every", "eval_train",
                   "eval_examples")
         _positive(self, "weight_decay", "checkpoint_every", "rnn_init", "output_init",

@@ -25,5 +25,6 @@ def run_networks(cfg, data, n: int, device, key: object = "networks") -> Network
     """``n`` networks of ``cfg``'s shape for ``data``, drawn from ``(cfg.seed, key, i)``."""
     return make_networks(n, data.dim, data.n_classes, neurons=cfg.neurons, k=cfg.k, p=cfg.p,
                          T=cfg.T, seed=cfg.seed, recurrence=cfg.recurrence,
+                         firing=cfg.firing,
                          input_weights=cfg.input_weights, dtype=getattr(torch, cfg.dtype),
                          device=device, key=key)

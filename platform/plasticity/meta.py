@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch.utils.checkpoint import checkpoint
 
+from . import PlasticityError
 from .config import MetaConfig, to_dict
 from .experiment import run_networks, run_tensors
 from .learning import example_orders, progress_bar, train_with_rule
@@ -47,10 +48,28 @@ def unroll(nets: Networks, W, U, rnn_table, out_table, xs, ys, *, eta: float, mo
     return W, U
 
 
+META_LOSSES = ("logits", "softmax")
+
+
+def meta_loss(logits: torch.Tensor, y: torch.Tensor, kind: str = "logits") -> torch.Tensor:
+    """Cross-entropy per example. logits: [M, l], y: [M] -> [M].
+
+    ``"logits"``: CE on the logits (softmax once). ``"softmax"``: CE on the softmax outputs, i.e.
+    softmax applied twice, as the reference code does (docs/dynamics.md); its loss is bounded
+    (between log(l - 1 + e) - 1 and log(l - 1 + e)) and its gradient vanishes for confident
+    outputs."""
+    if kind == "softmax":
+        logits = torch.softmax(logits, -1)
+    elif kind != "logits":
+        raise PlasticityError(f"unknown meta_loss '{kind}': use one of {', '.join(META_LOSSES)}")
+    return torch.nn.functional.cross_entropy(logits, y, reduction="none")
+
+
 def episode_loss(nets: Networks, rnn_table, out_table, xs, ys, *, eta, mode, scheme,
                  checkpoint_every: int = 0, start=None, return_state: bool = False,
-                 per_network: bool = False):
-    """Mean cross-entropy, after learning each episode's examples, on those same examples.
+                 per_network: bool = False, loss: str = "logits"):
+    """Mean cross-entropy (``loss``: see :func:`meta_loss`), after learning each episode's
+    examples, on those same examples.
 
     Learning starts from fresh weights, or from ``start = (W, U)`` (a network that has already
     learned, see ``MetaConfig.horizon``). With ``return_state`` also returns the final (W, U).
@@ -67,12 +86,9 @@ def episode_loss(nets: Networks, rnn_table, out_table, xs, ys, *, eta, mode, sch
             W, U = unroll(nets, W, U, rnn_table, out_table, xseg, yseg, eta=eta, mode=mode,
                           scheme=scheme)
     logits, _, _ = nets.forward(xs, W, U)
-    if per_network:
-        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), ys.flatten(),
-                                                 reduction="none").view(ys.shape).mean(1)
-    else:
-        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), ys.flatten())
-    return (loss, (W, U)) if return_state else loss
+    per_example = meta_loss(logits.flatten(0, 1), ys.flatten(), loss).view(ys.shape)
+    value = per_example.mean(1) if per_network else per_example.mean()
+    return (value, (W, U)) if return_state else value
 
 
 def _segment(nets, W, U, rnn_table, out_table, xs, ys, eta, mode, scheme):
@@ -165,7 +181,8 @@ def meta_train(cfg: MetaConfig, data, *, device="cpu", fixed_rnn: LayerRule | No
         loss, state = episode_loss(nets, rnn_t, out_t, x_tr[idx], y_tr[idx], eta=cfg.eta,
                                    mode=cfg.mode, scheme=scheme,
                                    checkpoint_every=cfg.checkpoint_every,
-                                   start=lives.start(nets), return_state=True)
+                                   start=lives.start(nets), return_state=True,
+                                   loss=cfg.meta_loss)
         lives.keep(state)
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -11,6 +11,7 @@ postsynaptic ``j``; ``U[n, c, i]`` is the weight from hidden neuron ``i`` to out
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -19,6 +20,7 @@ from . import PlasticityError
 from .seeding import torch_generator
 
 RECURRENCES = ("paper", "code")
+FIRINGS = ("positive", "topk")
 INPUT_WEIGHTS = ("normal", "ones")
 
 
@@ -31,6 +33,25 @@ def cap(z: torch.Tensor, k: int) -> torch.Tensor:
         return z
     values, idx = torch.topk(z, k, dim=-1, sorted=False)
     return torch.zeros_like(z).scatter(-1, idx, values)
+
+
+def topk_mask(r: torch.Tensor, k: int) -> torch.Tensor:
+    """The cap's kept set as a 0/1 mask with ties broken by index: exactly k entries of the last
+    dimension, the largest values, and among equal values the lowest indices. [..., V] -> bool.
+
+    ``torch.topk`` leaves ties unspecified (on CPU an all-zero row of 1,000 keeps indices
+    500-999, a mixed row an implementation-dependent subset of its zeros), so the kept set is
+    built explicitly: every entry above the k-th largest value, then the tied entries in index
+    order until k are kept. The same on every device.
+    """
+    V = r.shape[-1]
+    if k >= V:
+        return torch.ones_like(r, dtype=torch.bool)
+    kth = torch.topk(r, k, dim=-1, sorted=False).values.amin(-1, keepdim=True)
+    above = r > kth
+    tied = r == kth
+    room = k - above.sum(-1, keepdim=True)
+    return above | (tied & (tied.cumsum(-1) <= room))
 
 
 @dataclass
@@ -47,6 +68,7 @@ class Networks:
     T: int
     n_classes: int
     recurrence: str = "paper"
+    firing: str = "positive"
 
     @property
     def n(self) -> int:
@@ -74,28 +96,39 @@ class Networks:
 
     def select(self, index: torch.Tensor | slice) -> Networks:
         """The sub-batch of networks at ``index``."""
-        return Networks(self.A[index], self.graph[index], self.k, self.T, self.n_classes,
-                        self.recurrence)
+        return dataclasses.replace(self, A=self.A[index], graph=self.graph[index])
 
     def hidden(self, x: torch.Tensor, W: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Run T rounds. x: [N, B, d], W: [N, V, V] -> (h_T [N, B, V], histories [N, B, V] int64).
 
         Round 1: h = cap(ReLU(A x)); then h <- cap(ReLU(W h + A x)) (``recurrence="paper"``) or
-        cap(ReLU(W (h + A x))) (``"code"``, the reference code's form). A neuron fires in a round
-        when it is kept by the cap and its value is > 0; histories are T-bit codes with the first
-        round as the most significant bit.
+        cap(ReLU(W (h + A x))) (``"code"``, the reference code's form). With
+        ``firing="positive"`` a neuron fires in a round when it is kept by the cap and its value
+        is > 0; with ``"topk"`` (the reference code) when it is kept by the cap, even at value 0
+        (ties broken by index, :func:`topk_mask`), so exactly k neurons fire every round. The
+        values h are the same under both; only the histories differ. Histories are T-bit codes
+        with the first round as the most significant bit.
         """
         ax = torch.matmul(x, self.A.transpose(1, 2))
-        h = cap(torch.relu(ax), self.k)
-        hist = (h > 0).to(torch.int64)
         wt = W.transpose(1, 2)
-        for _ in range(self.T - 1):
-            if self.recurrence == "paper":
+        topk = self.firing == "topk"
+        h = hist = None
+        for t in range(self.T):
+            if t == 0:
+                z = ax
+            elif self.recurrence == "paper":
                 z = torch.baddbmm(ax, h, wt)
             else:
                 z = torch.bmm(h + ax, wt)
-            h = cap(torch.relu(z), self.k)
-            hist = hist * 2 + (h > 0).to(torch.int64)
+            r = torch.relu(z)
+            if topk:
+                kept = topk_mask(r, self.k)
+                h = r * kept
+            else:
+                h = cap(r, self.k)
+                kept = h > 0
+            fired = kept.to(torch.int64)
+            hist = fired if t == 0 else hist * 2 + fired
         return h, hist
 
     def forward(self, x: torch.Tensor, W: torch.Tensor, U: torch.Tensor):
@@ -115,6 +148,7 @@ def make_networks(
     T: int,
     seed: int,
     recurrence: str = "paper",
+    firing: str = "positive",
     input_weights: str = "normal",
     dtype: torch.dtype = torch.float32,
     device: str | torch.device = "cpu",
@@ -128,6 +162,8 @@ def make_networks(
     check_network_shape(neurons=neurons, k=k, p=p, T=T)
     if recurrence not in RECURRENCES:
         raise PlasticityError(f"unknown recurrence '{recurrence}': use one of {RECURRENCES}")
+    if firing not in FIRINGS:
+        raise PlasticityError(f"unknown firing '{firing}': use one of {FIRINGS}")
     if input_weights not in INPUT_WEIGHTS:
         raise PlasticityError(f"unknown input_weights '{input_weights}': use {INPUT_WEIGHTS}")
     As, graphs = [], []
@@ -143,7 +179,7 @@ def make_networks(
         graphs.append(graph)
     A = torch.stack(As).to(device=device, dtype=dtype)
     G = torch.stack(graphs).to(device=device, dtype=dtype)
-    return Networks(A, G, k, T, n_classes, recurrence)
+    return Networks(A, G, k, T, n_classes, recurrence, firing)
 
 
 def check_network_shape(*, neurons: int, k: int, p: float, T: int) -> None:

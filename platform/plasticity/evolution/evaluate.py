@@ -16,6 +16,8 @@ do not depend on the block size: every network's arithmetic is independent of th
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import torch
 
@@ -98,8 +100,8 @@ class PopulationEvaluator:
         """The E episode networks repeated for n members, [n * E, ...] member-major (cached)."""
         if n not in self._big:
             nets = self.nets
-            self._big = {n: Networks(nets.A.repeat(n, 1, 1), nets.graph.repeat(n, 1, 1), nets.k,
-                                     nets.T, nets.n_classes, nets.recurrence)}
+            self._big = {n: dataclasses.replace(nets, A=nets.A.repeat(n, 1, 1),
+                                                graph=nets.graph.repeat(n, 1, 1))}
         return self._big[n]
 
     def _loss(self, c: torch.Tensor, idx: torch.Tensor, per_member: bool = True) -> torch.Tensor:

@@ -112,6 +112,7 @@ def save_network(path: Path, model: FrozenNet, info: dict) -> Path:
     n = model.nets
     torch.save({"A": n.A.cpu(), "graph": n.graph.cpu(), "W": model.W.cpu(), "U": model.U.cpu(),
                 "k": n.k, "T": n.T, "n_classes": n.n_classes, "recurrence": n.recurrence,
+                "firing": n.firing,
                 "info": info}, path)
     return path
 
@@ -124,7 +125,7 @@ def load_network(path: str, device: str, dtype) -> tuple[FrozenNet, dict]:
     try:
         d = torch.load(path, map_location=device, weights_only=True)
         nets = Networks(d["A"].to(dtype), d["graph"].to(dtype), int(d["k"]), int(d["T"]),
-                        int(d["n_classes"]), str(d["recurrence"]))
+                        int(d["n_classes"]), str(d["recurrence"]), str(d.get("firing", "positive")))
         return FrozenNet(nets, d["W"].to(dtype), d["U"].to(dtype)), dict(d.get("info", {}))
     except (KeyError, RuntimeError, TypeError, ValueError) as exc:
         raise PlasticityError(f"network file '{path}' is not a saved network: {exc}") from None
