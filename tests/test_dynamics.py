@@ -177,20 +177,20 @@ def test_softmax_meta_loss_is_bounded_and_differs_from_logits():
 # ------------------------------------------------------------------ determinism and config
 
 
-def test_meta_training_with_reference_dynamics_is_deterministic(halfspace_small):
+def test_meta_training_with_reference_dynamics_is_deterministic(relu1_data):
     """Two runs of the same seed give the same rule bit for bit (topk ties are index-broken)."""
     cfg = MetaConfig(dataset="relu1", neurons=20, k=10, T=3, learn="both", episodes=2, batch=10,
                      steps=3, eval_every=3, eval_train=50, eval_examples=50, recurrence="code",
                      firing="topk", meta_loss="softmax", n_train=200, n_test=100)
-    a = meta_train(cfg, halfspace_small)
-    b = meta_train(cfg, halfspace_small)
+    a = meta_train(cfg, relu1_data)
+    b = meta_train(cfg, relu1_data)
     assert torch.equal(a.rule.rnn.table(), b.rule.rnn.table())
     assert torch.equal(a.rule.output.table(), b.rule.output.table())
     assert a.history[0]["loss"] != pytest.approx(a.history[-1]["loss"], abs=0)  # it moved
 
 
 @pytest.fixture(scope="module")
-def halfspace_small():
+def relu1_data():
     from plasticity.data import load_dataset
 
     return load_dataset("relu1", data_seed=0)
@@ -203,3 +203,41 @@ def test_unknown_dynamics_is_one_line(field, bad):
     assert "\n" not in str(err.value)
     with pytest.raises(PlasticityError, match="meta_loss"):
         MetaConfig(meta_loss="mse")
+
+
+# ------------------------------------------------------------------ restarts after a collapse
+
+
+def _restart_cfg(**kw) -> MetaConfig:
+    base = dict(dataset="halfspace", neurons=20, k=10, T=1, episodes=2, batch=20, steps=6,
+                eval_every=6, eval_train=100, eval_examples=200, n_train=400, n_test=200,
+                restarts=2, restart_after=3)
+    return MetaConfig(**{**base, **kw})
+
+
+def test_a_collapsed_start_is_restarted():
+    """A start that cannot learn (zero output table, lr = 1e-60 underflows to 0 in float32: every
+    prediction is class 0, at most the majority) is abandoned at restart_after, `restarts`
+    times; catches a restart that never fires or never stops. The last start runs to the end,
+    and trackers see steps counting on (an abandoned start's checked step is not reported)."""
+    from plasticity.data import load_dataset
+
+    hs = load_dataset("halfspace")
+    seen = []
+    res = meta_train(_restart_cfg(lr=1e-60), hs, on_step=seen.append)
+    assert [c["attempt"] for c in res.collapsed_starts] == [0, 1]
+    assert len(res.history) == 6 and res.history[-1]["step"] == 6
+    assert [r["step"] for r in seen] == [1, 2, 4, 5, 7, 8, 9, 10, 11, 12]
+    assert [r["start"] for r in seen] == [0, 0, 1, 1, 2, 2, 2, 2, 2, 2]
+
+
+def test_a_learning_start_is_not_restarted():
+    """A start that learns (from zero, Adam's first steps follow the gradient's sign: the
+    perceptron pattern, Theorem 1) keeps going: no restart, the same rule as restarts=0."""
+    from plasticity.data import load_dataset
+
+    hs = load_dataset("halfspace")
+    a = meta_train(_restart_cfg(lr=0.1), hs)
+    b = meta_train(_restart_cfg(lr=0.1, restarts=0), hs)
+    assert a.collapsed_starts == []
+    assert torch.equal(a.rule.output.table(), b.rule.output.table())

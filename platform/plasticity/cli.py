@@ -18,7 +18,15 @@ import numpy as np
 
 from . import PlasticityError, __version__
 from .commands import Command, jsonable, out_dir, resolve_device, run_handler, write_json
-from .config import PRESETS, BaselineConfig, MetaConfig, TrainConfig, parse_sets, to_dict
+from .config import (
+    PRESETS,
+    BaselineConfig,
+    MetaConfig,
+    TrainConfig,
+    dynamics_sets,
+    parse_sets,
+    to_dict,
+)
 from .events import Sink
 
 # Modules that contribute subcommands: each exposes COMMANDS: dict[str, Command].
@@ -35,6 +43,8 @@ def _shared(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="override one config field (repeatable)")
     p.add_argument("--seed", type=int, help="root seed of the run (config field 'seed')")
+    p.add_argument("--dynamics", help="named dynamics: engine (the defaults) or reference (the "
+                   "authors' code: recurrence=code, firing=topk, meta_loss=softmax); --set wins")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
     p.add_argument("--out", type=Path, help="output folder (default runs/<command>-<time>)")
     p.add_argument("--json", action="store_true", help="print one JSON result object on stdout")
@@ -231,13 +241,15 @@ def run(argv: list[str] | None = None) -> int:
     sets = parse_sets(args.sets)
     device = resolve_device(args.device)
     if args.command == "study":
-        from .studies import run_study
+        from .studies import StudyConfig, run_study
 
+        sets = {**dynamics_sets(args.dynamics, StudyConfig), **sets}
         result = run_study(args.name, args.preset or "quick", sets, seed=args.seed,
                            device=device, out=out_dir(args, f"study-{args.name}"),
                            progress=not args.no_progress)
     else:
         command = all_commands()[args.command]
+        sets = {**dynamics_sets(args.dynamics, command.config), **sets}
         if command.sets_from_args is not None:
             sets.update(command.sets_from_args(args))
         cfg = command.build(args.command, args.preset, sets, args.seed)

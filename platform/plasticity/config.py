@@ -106,6 +106,9 @@ class MetaConfig(Common):
     eval_every: int = 50  # steps between evaluations by rule-based training
     eval_train: int = 2000  # training examples for those evaluations
     eval_examples: int = 1000  # test examples for those evaluations
+    restarts: int = 0  # new random starts allowed when a start collapses (docs/dynamics.md)
+    restart_after: int = 50  # steps after which a start is checked for collapse (accuracy of a
+    #                          fresh network within 1 point of the majority class: restart)
 
     def __post_init__(self):
         super().__post_init__()
@@ -116,7 +119,8 @@ class MetaConfig(Common):
         _choice("rule_param", self.rule_param, PARAMETRIZATIONS)
         _choice("meta_loss", self.meta_loss, ("logits", "softmax"))
         _positive(self, "hidden", "episodes", "batch", "steps", "lr", "eval_every", "eval_train",
-                  "eval_examples")
+                  "eval_examples", "restart_after")
+        _positive(self, "restarts", allow_zero=True)
         _positive(self, "weight_decay", "checkpoint_every", "rnn_init", "output_init",
                   "horizon", allow_zero=True)
         if self.horizon > 0 and self.resample_networks:
@@ -189,6 +193,25 @@ def from_dict(cls, d: dict, where: str = "config"):
         return cls(**{k: _convert(k, v, hints[k]) for k, v in d.items()})
     except TypeError as exc:  # pragma: no cover - guarded by the checks above
         raise PlasticityError(f"bad {where}: {exc}") from None
+
+
+# Named dynamics (docs/dynamics.md): ``--dynamics NAME`` sets these fields of any config that has
+# them (an explicit ``--set`` still wins). "engine" is every default; "reference" is the authors'
+# code: W (h + A x), top-k firing with ties broken by index, CE on the softmax outputs.
+DYNAMICS = {
+    "engine": {"recurrence": "paper", "firing": "positive", "meta_loss": "logits"},
+    "reference": {"recurrence": "code", "firing": "topk", "meta_loss": "softmax"},
+}
+
+
+def dynamics_sets(name: str | None, cls) -> dict[str, str]:
+    """The ``--set`` fields of the named dynamics that config class ``cls`` has ({} for None)."""
+    if name is None:
+        return {}
+    if name not in DYNAMICS:
+        raise PlasticityError(f"unknown dynamics '{name}': use one of {', '.join(DYNAMICS)}")
+    have = {f.name for f in fields(cls)}
+    return {k: v for k, v in DYNAMICS[name].items() if k in have}
 
 
 def parse_sets(items: list[str]) -> dict[str, str]:

@@ -49,6 +49,7 @@ def unroll(nets: Networks, W, U, rnn_table, out_table, xs, ys, *, eta: float, mo
 
 
 META_LOSSES = ("logits", "softmax")
+COLLAPSE_MARGIN = 0.01  # a rule whose fresh network is within this of the majority class collapsed
 
 
 def meta_loss(logits: torch.Tensor, y: torch.Tensor, kind: str = "logits") -> torch.Tensor:
@@ -100,16 +101,18 @@ class MetaResult:
     """The learned rule and the history of the meta-optimisation."""
 
     rule: Rule
-    history: list[dict] = field(default_factory=list)  # {step, loss[, accuracy]}
+    history: list[dict] = field(default_factory=list)  # {step, loss[, accuracy]} (final start)
     skipped: int = 0  # steps whose meta-gradient was not finite (skipped, never applied)
+    collapsed_starts: list[dict] = field(default_factory=list)  # starts abandoned (restarts)
 
 
 class RuleParams:
     """The trainable parameters of the rule(s) being meta-learned, and the fixed parts."""
 
     def __init__(self, cfg: MetaConfig, device, fixed_rnn: LayerRule | None = None,
-                 fixed_output: LayerRule | None = None):
-        gen = torch_generator(cfg.seed, "rule-init")
+                 fixed_output: LayerRule | None = None, attempt: int = 0):
+        # start 0 is the run's own; a restart r draws from (seed, "rule-init", r)
+        gen = torch_generator(cfg.seed, "rule-init", *((attempt,) if attempt else ()))
         if cfg.learn == "rnn" and fixed_output is None:
             fixed_output = perceptron(cfg.T)
         self.cfg = cfg
@@ -161,10 +164,43 @@ def meta_train(cfg: MetaConfig, data, *, device="cpu", fixed_rnn: LayerRule | No
     """Meta-learn the rule of ``cfg`` on ``data`` (a plasticity.data.Dataset) by Adam.
 
     ``on_step(record)`` is called after every step (for trackers); evaluation records carry the
-    test accuracy of a fresh network trained by the current rule on ``eval_train`` examples."""
+    test accuracy of a fresh network trained by the current rule on ``eval_train`` examples.
+    With ``cfg.restarts`` > 0 a start whose rule has collapsed after ``cfg.restart_after`` steps
+    (see :func:`_meta_start`) is abandoned for a new random start, at most ``restarts`` times;
+    the result is the last start's, with the abandoned ones in ``collapsed_starts``. Steps given
+    to ``on_step`` count on across starts."""
+    collapsed: list[dict] = []
+    majority = class_majority(cfg, data)
+    for attempt in range(cfg.restarts + 1):
+        last = attempt == cfg.restarts
+        offset = attempt * cfg.restart_after
+
+        def report(record, offset=offset, start=attempt):
+            if on_step is not None:
+                on_step({**record, "step": record["step"] + offset, "start": start})
+
+        res = _meta_start(cfg, data, device, fixed_rnn, progress, report, attempt,
+                          None if last else (cfg.restart_after, majority))
+        if res is not None:
+            res.collapsed_starts = collapsed
+            return res
+        collapsed.append({"attempt": attempt, "step": cfg.restart_after})
+    raise AssertionError("unreachable: the last start always runs to the end")
+
+
+def class_majority(cfg: MetaConfig, data) -> float:
+    """Frequency of the most common class among the evaluation's test examples."""
+    y = data.y_test[:cfg.eval_examples]
+    return float(torch.bincount(y).max()) / max(y.shape[0], 1)
+
+
+def _meta_start(cfg: MetaConfig, data, device, fixed_rnn, progress, on_step, attempt: int,
+                check: tuple[int, float] | None) -> MetaResult | None:
+    """One start of meta-learning; None when ``check = (step, majority)`` finds it collapsed
+    (a fresh network trained by the rule at that step is within 1 point of the majority)."""
     dtype = getattr(torch, cfg.dtype)
     x_tr, y_tr, _, _ = run_tensors(cfg, data, device)
-    params = RuleParams(cfg, device, fixed_rnn=fixed_rnn)
+    params = RuleParams(cfg, device, fixed_rnn=fixed_rnn, attempt=attempt)
     opt = torch.optim.Adam(params.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheme = Scheme(cfg.update_on, cfg.output_rows)
     nets = run_networks(cfg, data, cfg.episodes, device, key="meta-networks")
@@ -193,10 +229,15 @@ def meta_train(cfg: MetaConfig, data, *, device="cpu", fixed_rnn: LayerRule | No
         else:
             result.skipped += 1
         record = {"step": step, "loss": float(loss.detach()), "skipped": result.skipped}
-        if step % cfg.eval_every == 0 or step == cfg.steps:
+        checking = check is not None and step == check[0]
+        if step % cfg.eval_every == 0 or step == cfg.steps or checking:
             rule = params.rule(provenance)
             record["accuracy"] = evaluate_rule(cfg, rule, data, device, n_train=cfg.eval_train,
                                                n_test=cfg.eval_examples, networks=1)
+            if checking and record["accuracy"] < check[1] + COLLAPSE_MARGIN:
+                if bar is not None:
+                    bar.close()
+                return None
         result.history.append(record)
         if on_step is not None:
             on_step(record)

@@ -98,8 +98,10 @@ class Networks:
         """The sub-batch of networks at ``index``."""
         return dataclasses.replace(self, A=self.A[index], graph=self.graph[index])
 
-    def hidden(self, x: torch.Tensor, W: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def hidden(self, x: torch.Tensor, W: torch.Tensor, trace: list | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor]:
         """Run T rounds. x: [N, B, d], W: [N, V, V] -> (h_T [N, B, V], histories [N, B, V] int64).
+        ``trace`` (a list), if given, receives (h_t, A x) of every round t = 1..T.
 
         Round 1: h = cap(ReLU(A x)); then h <- cap(ReLU(W h + A x)) (``recurrence="paper"``) or
         cap(ReLU(W (h + A x))) (``"code"``, the reference code's form). With
@@ -127,6 +129,8 @@ class Networks:
             else:
                 h = cap(r, self.k)
                 kept = h > 0
+            if trace is not None:
+                trace.append((h, ax))
             fired = kept.to(torch.int64)
             hist = fired if t == 0 else hist * 2 + fired
         return h, hist

@@ -19,6 +19,7 @@ import numpy as np
 
 from . import PlasticityError
 from .config import BaselineConfig, MetaConfig, TrainConfig, from_dict, to_dict
+from .dynamics_study import parse_combos, report_dynamics, study_dynamics
 from .rules.io import atomic_write_text, save_rule
 
 SYNTHETIC = ("halfspace", "relu1", "relu2", "rnn")
@@ -56,21 +57,37 @@ class StudyConfig:
     datasets: str = ",".join(SYNTHETIC + IMAGES)  # comma-separated data sets
     dtype: str = "float32"
     starts: int = 10  # theory study: random starts of the Theorem 1 experiment
+    recurrence: str = "paper"  # dynamics of every network (Common.recurrence): paper | code
+    firing: str = "positive"  # Common.firing: positive | topk
+    meta_loss: str = "logits"  # MetaConfig.meta_loss of the learned rules: logits | softmax
+    meta_seeds: int = 3  # dynamics study: meta-learning seeds per combination
+    combos: str = ("paper/positive/logits,code/positive/logits,paper/topk/logits,"
+                   "code/topk/logits,code/topk/softmax")  # dynamics study: recurrence/firing/
+    #   meta_loss[/h<horizon>] combinations (h<horizon> overrides meta_horizon, e.g. h0)
+    dynamics_datasets: str = "relu2,relu1"  # dynamics study: where large networks are tested
+    meta_restarts: int = 0  # MetaConfig.restarts: new starts when a start has collapsed
+    restart_after: int = 50  # MetaConfig.restart_after: the step a start is checked at
 
     def __post_init__(self):
+        parse_combos(self.combos)
+        MetaConfig(recurrence=self.recurrence, firing=self.firing, meta_loss=self.meta_loss)
         for name in ("seeds", "task_seeds", "meta_steps", "meta_episodes", "meta_batch", "passes", "small",
-                     "large"):
+                     "large", "meta_seeds"):
             if getattr(self, name) < 1:
                 raise PlasticityError(f"{name}={getattr(self, name)} must be >= 1")
         from .data import DATASETS
 
-        for d in self.dataset_list:
+        for d in self.dataset_list + self.dynamics_dataset_list:
             if d not in DATASETS:
                 raise PlasticityError(f"unknown dataset '{d}' in datasets: use {', '.join(DATASETS)}")
 
     @property
     def dataset_list(self) -> list[str]:
         return [d.strip() for d in self.datasets.split(",") if d.strip()]
+
+    @property
+    def dynamics_dataset_list(self) -> list[str]:
+        return [d.strip() for d in self.dynamics_datasets.split(",") if d.strip()]
 
 
 STUDY_PRESETS = {
@@ -91,7 +108,9 @@ def _log(msg: str, t0: float) -> None:
 def _meta_cfg(sc: StudyConfig, **kw) -> MetaConfig:
     base = dict(seed=sc.seed, episodes=sc.meta_episodes, batch=sc.meta_batch, steps=sc.meta_steps,
                 eval_every=max(sc.meta_steps, 1), eval_train=1000, eval_examples=1000,
-                dtype=sc.dtype)
+                dtype=sc.dtype, recurrence=sc.recurrence, firing=sc.firing,
+                meta_loss=sc.meta_loss, restarts=sc.meta_restarts,
+                restart_after=sc.restart_after)
     base.update(kw)
     return MetaConfig(**base)
 
@@ -100,7 +119,8 @@ def _train_cfg(sc: StudyConfig, dataset: str, neurons: int, T: int, **kw) -> Tra
     n_train = sc.n_train_images if dataset in IMAGES else sc.n_train_synthetic
     base = dict(seed=sc.seed, dataset=dataset, neurons=neurons, k=max(1, neurons // 2), T=T,
                 networks=sc.seeds, passes=sc.passes, n_train=n_train, n_test=sc.n_test,
-                eval_every=10**9, eval_examples=1, dtype=sc.dtype)
+                eval_every=10**9, eval_examples=1, dtype=sc.dtype, recurrence=sc.recurrence,
+                firing=sc.firing)
     base.update(kw)
     return TrainConfig(**base)
 
@@ -359,7 +379,8 @@ def report_theory(result: dict) -> str:
 
 
 STUDIES = {"fig3": (study_fig3, report_fig3), "table2": (study_table2, report_table2),
-           "fig2": (study_fig2, report_fig2), "theory": (study_theory, report_theory)}
+           "fig2": (study_fig2, report_fig2), "theory": (study_theory, report_theory),
+           "dynamics": (study_dynamics, report_dynamics)}
 
 
 def run_study(name: str, preset: str, sets: dict, *, seed, device, out: Path,

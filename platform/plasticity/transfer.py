@@ -81,17 +81,20 @@ def transfer_cell(rule: Rule, data, *, neurons: int, k: int, T: int, seeds: int,
                   seed: int = 0, p: float = 0.5, n_train: int = 0, n_test: int = 0,
                   passes: int = 1, eta: float = 0.01, eval_every: int = 500,
                   eval_examples: int = 1000, dtype: str = "float32", gd: str = "none",
-                  gd_lr: float = 1e-2, gd_batch: int = 1, device="cpu") -> CellResult:
+                  gd_lr: float = 1e-2, gd_batch: int = 1, device="cpu",
+                  recurrence: str = "paper", firing: str = "positive") -> CellResult:
     """Train fresh networks of shape (neurons, k, T) on ``data`` with the frozen ``rule``:
     networks ``0..seeds-1`` drawn as in ``run_train`` (key "networks"), each trained from
     ``orders`` example orders. ``gd`` = "output" | "full" also trains the same networks with the
-    same orders by Adam (``baselines.train_gd``), the accuracy-against-updates comparison."""
+    same orders by Adam (``baselines.train_gd``), the accuracy-against-updates comparison.
+    ``recurrence`` and ``firing`` select the dynamics (docs/dynamics.md)."""
     from .baselines import train_gd
 
     rule.check_network(T)
     cfg = TrainConfig(seed=seed, dataset=data.name, neurons=neurons, k=k, p=p, T=T,
                       n_train=n_train, n_test=n_test, passes=passes, eta=eta, dtype=dtype,
-                      networks=seeds, eval_every=eval_every, eval_examples=eval_examples)
+                      networks=seeds, eval_every=eval_every, eval_examples=eval_examples,
+                      recurrence=recurrence, firing=firing)
     x_tr, y_tr, x_te, y_te = run_tensors(cfg, data, device)
     nets = run_networks(cfg, data, seeds, device)
     nets = nets.select(torch.arange(seeds, device=device).repeat_interleave(orders))

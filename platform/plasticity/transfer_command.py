@@ -18,7 +18,7 @@ from . import PlasticityError
 from .commands import Command, out_dir, write_json
 from .config import DTYPES, _choice, _positive, to_dict
 from .events import Sink
-from .network import check_network_shape
+from .network import FIRINGS, RECURRENCES, check_network_shape
 from .robustness.command import parse_list
 from .studies import FIG3_NETS, IMAGES, PAPER_FIG3
 
@@ -44,6 +44,8 @@ class TransferConfig:
     passes: int = 1  # passes over the training examples
     eta: float = 0.01  # plasticity step size
     p: float = 0.5  # edge probability
+    recurrence: str = "paper"  # paper: cap(ReLU(Wh + Ax)) | code: cap(ReLU(W(h + Ax)))
+    firing: str = "positive"  # positive: kept by the cap and > 0 | topk: kept by the cap (code)
     dtype: str = "float32"  # float32 | float64
     gd: str = "output"  # GD on the same networks and orders: none | output | full
     gd_lr: float = 1e-2  # Adam learning rate of the GD comparison (Fig. 2: 1e-2)
@@ -57,6 +59,8 @@ class TransferConfig:
         _choice("lift", self.lift, ("none", "last_round"))
         _choice("gd", self.gd, GD)
         _choice("dtype", self.dtype, DTYPES)
+        _choice("recurrence", self.recurrence, RECURRENCES)
+        _choice("firing", self.firing, FIRINGS)
         _positive(self, "seeds", "orders", "passes", "eta", "gd_lr", "gd_batch", "eval_every",
                   "eval_examples")
         _positive(self, "n_train_synthetic", "n_train_images", "n_test", allow_zero=True)
@@ -139,12 +143,15 @@ def cmd_transfer(cfg: TransferConfig, args, device: str, sink: Sink) -> dict:
         data = load_dataset(dataset, data_seed=cfg.data_seed)
         n_train = cfg.n_train_images if dataset in IMAGES else cfg.n_train_synthetic
         for label, r, src, v, k, T in plan:
+            # output-layer GD has nothing to read under the code's recurrence at W = 0 (h_T = 0)
+            no_gd = cfg.gd == "output" and cfg.recurrence == "code" and T > 1
             c = transfer_cell(r, data, neurons=v, k=k, T=T, seeds=cfg.seeds, orders=cfg.orders,
                               seed=cfg.seed, p=cfg.p, n_train=n_train, n_test=cfg.n_test,
                               passes=cfg.passes, eta=cfg.eta, eval_every=cfg.eval_every,
                               eval_examples=cfg.eval_examples, dtype=cfg.dtype,
-                              gd="none" if (dataset, v, k, T) in gd_cache else cfg.gd,
-                              gd_lr=cfg.gd_lr, gd_batch=cfg.gd_batch, device=device)
+                              gd="none" if no_gd or (dataset, v, k, T) in gd_cache else cfg.gd,
+                              gd_lr=cfg.gd_lr, gd_batch=cfg.gd_batch, device=device,
+                              recurrence=cfg.recurrence, firing=cfg.firing)
             acc = c.accuracy * 100
             shape = f"{v}x{k}x{T}"
             cell = {"source": label, "target": dataset, "shape": shape, "mean": float(acc.mean()),
