@@ -241,3 +241,20 @@ def test_a_learning_start_is_not_restarted():
     b = meta_train(_restart_cfg(lr=0.1, restarts=0), hs)
     assert a.collapsed_starts == []
     assert torch.equal(a.rule.output.table(), b.rule.output.table())
+
+
+def test_training_under_other_dynamics_than_learned_is_named():
+    """A rule learned under code/topk trained under the defaults is flagged (the CLI warns);
+    catches a mismatch check that compares the wrong fields or flags classic rules."""
+    from plasticity.rules.classic import perceptron
+    from plasticity.transfer import dynamics_mismatch
+
+    out = LayerRule.from_table("output", 1, [[-1.0, 1.0], [1.0, -1.0]])
+    learned = Rule(1, out, provenance={"config": {"recurrence": "code", "firing": "topk"}})
+    msg = dynamics_mismatch(learned, TrainConfig())
+    assert "recurrence=code (this run: paper)" in msg and "firing=topk (this run: positive)" in msg
+    assert dynamics_mismatch(learned, TrainConfig(recurrence="code", firing="topk")) is None
+    old = Rule(1, out, provenance={"config": {"seed": 0}})  # learned before the fields existed
+    assert dynamics_mismatch(old, TrainConfig()) is None
+    assert "firing=positive" in dynamics_mismatch(old, TrainConfig(firing="topk"))
+    assert dynamics_mismatch(Rule(1, perceptron(1)), TrainConfig(firing="topk")) is None

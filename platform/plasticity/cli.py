@@ -134,14 +134,18 @@ def load_rule_ref(ref: str, T: int, eta: float, tracking: str | None = None):
 
 
 def cmd_train(cfg: TrainConfig, args, device: str, sink: Sink) -> dict:
-    from .transfer import run_train
+    from .transfer import dynamics_mismatch, run_train
 
     t0 = time.time()
     rule = load_rule_ref(cfg.rule, cfg.T, cfg.eta, tracking_uri(args))
+    mismatch = dynamics_mismatch(rule, cfg)
+    if mismatch:
+        print(f"plasticity: warning: {mismatch}; see docs/dynamics.md", file=sys.stderr)
     res = run_train(cfg, rule, device=device, progress=not args.no_progress)
     sink.rule("train", rule)
     out = out_dir(args, "train")
     result = {"command": "train", "config": to_dict(cfg), "rule_provenance": rule.provenance,
+              "dynamics_mismatch": mismatch,
               **_summary(res.test_accuracy), "updates": res.updates.tolist(),
               "curve": {"examples": res.examples, "accuracy_mean": res.curve.mean(1).tolist(),
                         "accuracy_std": res.curve.std(1).tolist()},

@@ -41,6 +41,18 @@ def run_train(cfg: TrainConfig, rule: Rule, *, device="cpu", data=None,
                            chunk=cfg.chunk, progress=progress)
 
 
+def dynamics_mismatch(rule: Rule, cfg) -> str | None:
+    """Where ``cfg``'s dynamics (recurrence, firing) differ from those recorded in the rule's
+    provenance (rules learned before the fields existed count as paper/positive), or None."""
+    learned = (rule.provenance or {}).get("config") or {}
+    if not learned:
+        return None  # a classic rule, or one without a recorded config: nothing to compare
+    diffs = [f"{f}={learned.get(f, d)} (this run: {getattr(cfg, f)})"
+             for f, d in (("recurrence", "paper"), ("firing", "positive"))
+             if learned.get(f, d) != getattr(cfg, f)]
+    return None if not diffs else "the rule was learned with " + ", ".join(diffs)
+
+
 def with_scheme(rule: Rule, update_on: str = "rule", output_rows: str = "rule") -> Rule:
     """``rule`` with its scheme overridden where the argument is not "rule"."""
     scheme = Scheme(rule.scheme.update_on if update_on == "rule" else update_on,
