@@ -48,16 +48,17 @@ def in_process(capsys, *args: str) -> subprocess.CompletedProcess:
     (["train", "--set", "dataset=cifar", "--preset", "smoke"], "unknown dataset 'cifar'"),
     (["study", "fig3", "--set", "seeds=0"], "seeds=0"),
 ])
-def test_bad_input_is_one_line_exit_2(args, needle, capsys):
-    assert_one_line_error(in_process(capsys, *args), needle)
+def test_bad_input_is_one_line_exit_2(args, needle, capsys, tmp_path):
+    assert_one_line_error(in_process(capsys, *args, "--out", str(tmp_path / "o")), needle)
 
 
-def test_bad_input_from_a_real_process():
-    assert_one_line_error(cli("train", "--set", "bogus=1"), "unknown train config key 'bogus'")
+def test_bad_input_from_a_real_process(tmp_path):
+    assert_one_line_error(cli("train", "--set", "bogus=1", "--out", str(tmp_path / "o")),
+                          "unknown train config key 'bogus'")
 
 
 def test_missing_data_root_is_one_line_exit_2(tmp_path):
-    proc = cli("train", "--preset", "smoke", "--set", "dataset=mnist",
+    proc = cli("train", "--preset", "smoke", "--set", "dataset=mnist", "--out", str(tmp_path / "o"),
                env={"PLASTICITY_DATA": str(tmp_path / "nowhere")})
     assert_one_line_error(proc, "train-images-idx3-ubyte", "prepare-data")
 
@@ -65,8 +66,8 @@ def test_missing_data_root_is_one_line_exit_2(tmp_path):
 def test_malformed_rule_file_is_one_line_exit_2(tmp_path, capsys):
     bad = tmp_path / "rule.json"
     bad.write_text('{"format": "plasticity-rule", "version": 1, "T": 1, "output": {"par')
-    assert_one_line_error(in_process(capsys, "train", "--preset", "smoke", "--rule", str(bad)),
-                          str(bad))
+    assert_one_line_error(in_process(capsys, "train", "--preset", "smoke", "--rule", str(bad),
+                                     "--out", str(tmp_path / "o")), str(bad))
 
 
 @pytest.mark.parametrize("rule_T, net_T", [(1, 3), (3, 1)])
@@ -105,13 +106,13 @@ def test_baseline_json(tmp_path, capsys):
     assert res["curve"]["updates"][-1] == all_commands()["baseline"].presets["smoke"]["n_train"] // batch
 
 
-def test_device_cuda_without_cuda_is_refused(capsys):
+def test_device_cuda_without_cuda_is_refused(capsys, tmp_path):
     import torch
 
     if torch.cuda.is_available():
         pytest.skip("CUDA is present")
-    assert_one_line_error(in_process(capsys, "train", "--preset", "smoke", "--device", "cuda"),
-                          "CUDA")
+    assert_one_line_error(in_process(capsys, "train", "--preset", "smoke", "--device", "cuda",
+                                     "--out", str(tmp_path / "o")), "CUDA")
 
 
 def test_study_smoke_json_is_one_object(tmp_path, capsys):
