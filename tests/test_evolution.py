@@ -246,7 +246,8 @@ def test_theory_sweep_smoke(capsys, tmp_path):
                            "--json")
     assert code == 0
     rows = json.loads(cap.out)["rows"]
-    assert [r["theta"] for r in rows] == [0.1, 0.2]
+    thetas = all_commands()["evolve-theory"].presets["smoke"]["thetas"]
+    assert [r["theta"] for r in rows] == [float(t) for t in thetas.split(",")]
     assert all(set(r["step_error"]) == set(FORMS) for r in rows)
 
 

@@ -7,7 +7,7 @@ import json
 
 import pytest
 import torch
-from plasticity.cli import main
+from plasticity.cli import all_commands, main
 from plasticity.config import TrainConfig
 from plasticity.data import load_dataset
 from plasticity.experiment import run_networks
@@ -180,7 +180,8 @@ def test_attack_command_smoke_writes_curves_and_reloads(capsys, tmp_path):
     res = json.loads(out)
     for f in ("result.json", "network.pt", "curves.png", "events.jsonl"):
         assert (tmp_path / "a" / f).is_file(), f
-    assert res["worst"][0] == res["clean"] and res["eps"] == [0.0, 1.0, 2.0]
+    smoke_eps = [float(e) for e in all_commands()["attack"].presets["smoke"]["eps"].split(",")]
+    assert res["worst"][0] == res["clean"] and res["eps"] == smoke_eps
     assert res["test_plasticity"].startswith("off")
     events = (tmp_path / "a" / "events.jsonl").read_text()
     assert "attack/paper/eps_2" in events and "attack/worst/eps_1" in events
