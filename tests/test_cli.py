@@ -9,7 +9,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from plasticity.cli import main, run
+from plasticity.cli import all_commands, main, run
+from plasticity.rules.classic import classic_rule
+from plasticity.rules.io import save_rule
 
 
 def cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -36,7 +38,6 @@ def in_process(capsys, *args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.parametrize("args, needle", [
-    (["train", "--set", "bogus=1"], "unknown train config key 'bogus'"),
     (["train", "--set", "k=500"], "k=500"),
     (["train", "--set", "T=0"], "T=0"),
     (["meta-train", "--set", "p=0"], "p=0"),
@@ -47,16 +48,17 @@ def in_process(capsys, *args: str) -> subprocess.CompletedProcess:
     (["train", "--set", "dataset=cifar", "--preset", "smoke"], "unknown dataset 'cifar'"),
     (["study", "fig3", "--set", "seeds=0"], "seeds=0"),
 ])
-def test_bad_input_is_one_line_exit_2(args, needle, capsys):
-    assert_one_line_error(in_process(capsys, *args), needle)
+def test_bad_input_is_one_line_exit_2(args, needle, capsys, tmp_path):
+    assert_one_line_error(in_process(capsys, *args, "--out", str(tmp_path / "o")), needle)
 
 
-def test_bad_input_from_a_real_process():
-    assert_one_line_error(cli("train", "--set", "bogus=1"), "unknown train config key 'bogus'")
+def test_bad_input_from_a_real_process(tmp_path):
+    assert_one_line_error(cli("train", "--set", "bogus=1", "--out", str(tmp_path / "o")),
+                          "unknown train config key 'bogus'")
 
 
 def test_missing_data_root_is_one_line_exit_2(tmp_path):
-    proc = cli("train", "--preset", "smoke", "--set", "dataset=mnist",
+    proc = cli("train", "--preset", "smoke", "--set", "dataset=mnist", "--out", str(tmp_path / "o"),
                env={"PLASTICITY_DATA": str(tmp_path / "nowhere")})
     assert_one_line_error(proc, "train-images-idx3-ubyte", "prepare-data")
 
@@ -64,17 +66,18 @@ def test_missing_data_root_is_one_line_exit_2(tmp_path):
 def test_malformed_rule_file_is_one_line_exit_2(tmp_path, capsys):
     bad = tmp_path / "rule.json"
     bad.write_text('{"format": "plasticity-rule", "version": 1, "T": 1, "output": {"par')
-    assert_one_line_error(in_process(capsys, "train", "--preset", "smoke", "--rule", str(bad)),
-                          str(bad))
+    assert_one_line_error(in_process(capsys, "train", "--preset", "smoke", "--rule", str(bad),
+                                     "--out", str(tmp_path / "o")), str(bad))
 
 
-def test_rule_of_wrong_T_is_refused(tmp_path, capsys):
-    out = tmp_path / "mt"
-    assert run(["meta-train", "--preset", "smoke", "--out", str(out), "--no-progress"]) == 0
-    capsys.readouterr()
-    assert_one_line_error(
-        in_process(capsys, "train", "--preset", "smoke", "--set", "T=3", "--rule",
-                   str(out / "rule.json")), "T=1", "T=3")
+@pytest.mark.parametrize("rule_T, net_T", [(1, 3), (3, 1)])
+def test_rule_of_wrong_T_is_one_line_exit_2_and_writes_nothing(rule_T, net_T, tmp_path, capsys):
+    path = save_rule(classic_rule("hebb+perceptron", rule_T), tmp_path / f"t{rule_T}.json")
+    out = tmp_path / "run"
+    proc = in_process(capsys, "train", "--preset", "smoke", "--no-progress", "--rule", str(path),
+                      "--set", f"T={net_T}", "--out", str(out))
+    assert_one_line_error(proc, f"rule has T={rule_T}", f"network has T={net_T}")
+    assert not (out / "result.json").exists()
 
 
 def test_meta_train_then_train_with_learned_rule_json(tmp_path, capsys):
@@ -94,20 +97,22 @@ def test_meta_train_then_train_with_learned_rule_json(tmp_path, capsys):
 
 
 def test_baseline_json(tmp_path, capsys):
+    batch = 20
     assert run(["baseline", "--preset", "smoke", "--out", str(tmp_path), "--no-progress",
-                "--json", "--set", "batch=20"]) == 0
+                "--json", "--set", f"batch={batch}"]) == 0
     res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert res["command"] == "baseline" and res["test_accuracy_mean"] > 0.6
-    assert res["curve"]["updates"][-1] == 600 // 20
+    # one pass over the preset's examples in minibatches: that many GD updates, no more
+    assert res["curve"]["updates"][-1] == all_commands()["baseline"].presets["smoke"]["n_train"] // batch
 
 
-def test_device_cuda_without_cuda_is_refused(capsys):
+def test_device_cuda_without_cuda_is_refused(capsys, tmp_path):
     import torch
 
     if torch.cuda.is_available():
         pytest.skip("CUDA is present")
-    assert_one_line_error(in_process(capsys, "train", "--preset", "smoke", "--device", "cuda"),
-                          "CUDA")
+    assert_one_line_error(in_process(capsys, "train", "--preset", "smoke", "--device", "cuda",
+                                     "--out", str(tmp_path / "o")), "CUDA")
 
 
 def test_study_smoke_json_is_one_object(tmp_path, capsys):

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
 import os
 import shutil
+import struct
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from plasticity import PlasticityError
@@ -168,36 +171,84 @@ def _is_prepared(root: Path) -> bool:
     return True
 
 
-@pytest.fixture(scope="session")
-def source() -> Path | None:
-    """The offline source folder of gzipped IDX files, if this machine has one."""
-    src = prepare.default_source()
-    return src if src is not None and (src / prepare.MD5_FILE).is_file() else None
+def _idx_file(fname: str, set_index: int) -> bytes:
+    """A valid uncompressed IDX file ``fname`` (full size: the loader checks the counts) with
+    known contents: example i has label i % 10, its label's block of 10 pixels at 255, and its
+    last pixel i % 256 (+1 in the second set, so the two sets differ)."""
+    magic, n = images.RAW_FILES[fname]
+    i = np.arange(n)
+    if magic == images.LABEL_MAGIC:
+        return struct.pack(">II", magic, n) + (i % 10).astype(np.uint8).tobytes()
+    pixels = np.zeros((n, images.IMAGE_DIM), np.uint8)
+    pixels[i[:, None], (i % 10)[:, None] * 78 + np.arange(10)] = 255
+    pixels[:, -1] = (i + set_index) % 256
+    side = images.IMAGE_SIDE
+    return struct.pack(">IIII", magic, n, side, side) + pixels.tobytes()
 
 
 @pytest.fixture(scope="session")
-def prepared_root(tmp_path_factory: pytest.TempPathFactory, source: Path | None) -> Path:
-    """A data root with both image sets: prepared from the source, else the default root."""
-    if source is not None:
-        return prepare_data_root(tmp_path_factory.mktemp("data"), source)
-    if _is_prepared(default_data_root()):
-        return default_data_root()
-    pytest.skip("no image data: neither a shared source nor a prepared default data root")
+def source(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An offline source laid out as prepare expects (``<SET>/<name>.gz`` and MD5SUMS of the
+    uncompressed files, half of the lines in md5sum's binary-mode ``*name`` form), built in a
+    temporary folder so the preparation tests run on every machine (about 2 s)."""
+    src = tmp_path_factory.mktemp("source")
+    lines = []
+    for s, set_name in enumerate(prepare.SETS):
+        (src / set_name).mkdir()
+        for j, fname in enumerate(prepare.FILES):
+            raw = _idx_file(fname, s)
+            (src / set_name / f"{fname}.gz").write_bytes(gzip.compress(raw, 1, mtime=0))
+            star = "*" if j % 2 else ""
+            lines.append(f"{hashlib.md5(raw).hexdigest()}  {star}{set_name}/{fname}.gz")
+    (src / prepare.MD5_FILE).write_text("\n".join(lines) + "\n")
+    return src
 
 
-def test_prepare_is_idempotent(prepared_root: Path, source: Path | None) -> None:
-    if source is None:
-        pytest.skip("no shared source to prepare from")
+@pytest.fixture(scope="session")
+def prepared_root(tmp_path_factory: pytest.TempPathFactory, source: Path) -> Path:
+    """A data root with both image sets, prepared from the temporary source."""
+    return prepare_data_root(tmp_path_factory.mktemp("data"), source)
+
+
+def test_prepare_writes_the_sources_files(prepared_root: Path, source: Path) -> None:
+    # Catches: a prepared file that is not the gunzipped source file (MD5 of every one)
+    sums = prepare.read_md5sums(source)
+    assert len(sums) == len(prepare.SETS) * len(prepare.FILES)
+    for key, md5 in sums.items():
+        set_name, fname = key.split("/")
+        assert hashlib.md5((prepared_root / set_name / "raw" / fname).read_bytes()).hexdigest() == md5
+
+
+def test_prepare_is_idempotent(prepared_root: Path, source: Path) -> None:
     raw = prepared_root / "MNIST" / "raw"
     stamps = {p.name: p.stat().st_mtime_ns for p in raw.iterdir()}
     assert sorted(stamps) == sorted(RAW_NAMES)  # no temp files left behind
     assert prepare_data_root(prepared_root, source) == prepared_root
+    # Catches: a second preparation that rewrites files already correct
     assert {p.name: p.stat().st_mtime_ns for p in raw.iterdir()} == stamps
 
 
-@pytest.mark.parametrize(("name", "counts"), [("mnist", None), ("fashion_mnist", [6000] * 10)])
-def test_images_load(prepared_root: Path, name: str, counts: list[int] | None) -> None:
+@pytest.mark.parametrize(("name", "set_index"), [("mnist", 0), ("fashion_mnist", 1)])
+def test_prepared_images_load_as_written(prepared_root: Path, name: str, set_index: int) -> None:
     ds = load_dataset(name, root=prepared_root)
+    assert ds.n_classes == 10 and ds.dim == 784
+    assert ds.x_train.shape == (60_000, 784) and ds.x_test.shape == (10_000, 784)
+    assert ds.x_train.dtype == torch.float32 and ds.y_test.dtype == torch.int64
+    # Catches: pixels not scaled to [0, 1], examples or labels reordered, the two sets swapped
+    for x, y in ((ds.x_train, ds.y_train), (ds.x_test, ds.y_test)):
+        i = torch.arange(y.numel())
+        assert torch.equal(y, i % 10)
+        assert torch.equal(x[:, -1], ((i + set_index) % 256).float() / 255)
+        assert torch.equal(x[i, (i % 10) * 78], torch.ones(y.numel()))
+        assert float(x.min()) == 0.0 and float(x.max()) == 1.0
+
+
+@pytest.mark.parametrize(("name", "counts"), [("mnist", None), ("fashion_mnist", [6000] * 10)])
+def test_images_load(name: str, counts: list[int] | None) -> None:
+    """The real data sets in the default data root (`make data` prepares it before the tests)."""
+    if not _is_prepared(default_data_root()):
+        pytest.skip(f"the default data root {default_data_root()} is not prepared (make data)")
+    ds = load_dataset(name)
     assert ds.n_classes == 10 and ds.dim == 784
     assert ds.x_train.shape == (60_000, 784) and ds.x_test.shape == (10_000, 784)
     assert ds.y_train.shape == (60_000,) and ds.y_test.shape == (10_000,)
@@ -287,10 +338,8 @@ def _fake_source(source: Path, tmp_path: Path, bad: str, payload: bytes) -> Path
     [(b"\x1f\x8b\x08\x00garbage", "is corrupt or unreadable"), (gzip.compress(b"x"), "MD5")],
 )
 def test_prepare_rejects_corrupt_source(
-    source: Path | None, tmp_path: Path, payload: bytes, needle: str
+    source: Path, tmp_path: Path, payload: bytes, needle: str
 ) -> None:
-    if source is None:
-        pytest.skip("no shared source")
     bad = "MNIST/train-labels-idx1-ubyte.gz"  # the 2nd file processed: the test stays fast
     fake = _fake_source(source, tmp_path, bad, payload)
     with pytest.raises(PlasticityError) as info:
@@ -307,10 +356,8 @@ def test_prepare_missing_explicit_source(tmp_path: Path) -> None:
 
 
 def test_prepare_main(
-    source: Path | None, prepared_root: Path, capsys: pytest.CaptureFixture[str]
+    source: Path, prepared_root: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    if source is None:
-        pytest.skip("no shared source")
     assert prepare.main(["--root", str(prepared_root), "--source", str(source)]) == 0
     out = capsys.readouterr().out
     assert out.count("\n") == 1 and str(prepared_root) in out

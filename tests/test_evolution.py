@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from plasticity.cli import main
+from plasticity.cli import all_commands, main
 from plasticity.data import load_dataset
 from plasticity.evolution.config import EvolutionConfig
 from plasticity.evolution.driver import CHECKPOINT, run_evolution
@@ -209,11 +209,13 @@ def test_evolve_cli_writes_rule_checkpoint_and_events(capsys, tmp_path):
     result = json.loads(cap.out)
     rule = json.loads((tmp_path / "rule.json").read_text())
     assert rule["provenance"]["method"] == "ga" and rule["provenance"]["dataset"] == "halfspace"
-    assert rule["provenance"]["seed"] == 0 and rule["provenance"]["network"]["neurons"] == 40
-    assert result["generations"] == 3 and 0.0 <= result["test_accuracy"] <= 1.0
+    smoke = all_commands()["evolve"].presets["smoke"]
+    assert rule["provenance"]["seed"] == 0
+    assert rule["provenance"]["network"]["neurons"] == smoke["neurons"]
+    assert result["generations"] == smoke["generations"] and 0.0 <= result["test_accuracy"] <= 1.0
     events = [json.loads(line) for line in (tmp_path / "events.jsonl").read_text().splitlines()]
     gens = [e for e in events if e["event"] == "metrics" and e["step"] is not None]
-    assert [e["step"] for e in gens] == [1, 2, 3]
+    assert [e["step"] for e in gens] == list(range(1, smoke["generations"] + 1))
     assert {"evolution/loss_best", "evolution/loss_mean", "evolution/loss_std"} <= set(
         gens[0]["metrics"])
     # resuming a finished run with a changed setting is refused in one line
@@ -221,9 +223,10 @@ def test_evolve_cli_writes_rule_checkpoint_and_events(capsys, tmp_path):
                            "--resume", "--set", "strategy=ga", "--set", "sigma=0.5")
     assert code == 2 and "sigma" in cap.err and len(cap.err.strip().splitlines()) == 1
     # ... and with more generations it continues from the checkpoint
+    more = smoke["generations"] + 2
     code, cap = in_process(capsys, "evolve", "--preset", "smoke", "--out", str(tmp_path),
-                           "--resume", "--json", "--set", "strategy=ga", "--set", "generations=5")
-    assert code == 0 and json.loads(cap.out)["generations"] == 5
+                           "--resume", "--json", "--set", "strategy=ga", "--set", f"generations={more}")
+    assert code == 0 and json.loads(cap.out)["generations"] == more
 
 
 def test_compare_spends_equal_inner_loop_examples(capsys, tmp_path):
@@ -243,7 +246,8 @@ def test_theory_sweep_smoke(capsys, tmp_path):
                            "--json")
     assert code == 0
     rows = json.loads(cap.out)["rows"]
-    assert [r["theta"] for r in rows] == [0.1, 0.2]
+    thetas = all_commands()["evolve-theory"].presets["smoke"]["thetas"]
+    assert [r["theta"] for r in rows] == [float(t) for t in thetas.split(",")]
     assert all(set(r["step_error"]) == set(FORMS) for r in rows)
 
 

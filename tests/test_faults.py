@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from plasticity.cli import all_commands
 from plasticity.evolution.driver import CHECKPOINT, run_evolution
 from test_cli import in_process
 from test_evolution import tiny
@@ -169,7 +170,8 @@ def test_a_failing_trial_is_an_error_and_the_others_finish(ray_local, tmp_path, 
         c = children[name]
         assert c.info.status == "FINISHED", name
         assert 0.0 <= c.data.metrics["train/test_accuracy_mean"] <= 1.0
-        assert "train/test_accuracy_mean" in c.data.metrics and c.data.params["n_train"] == "600"
+        n_train = all_commands()["train"].presets["smoke"]["n_train"]  # the space's preset
+        assert "train/test_accuracy_mean" in c.data.metrics and c.data.params["n_train"] == str(n_train)
         arts = {a.path for a in store.client.list_artifacts(c.info.run_id, "rules/train")}
         assert "rules/train/rule.json" in arts
 

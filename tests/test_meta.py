@@ -1,20 +1,53 @@
-"""Meta-learning options beyond the paper's default: truncated long episodes (horizon)."""
+"""Meta-learning: GD on the T=1 output rule finds the perceptron (the paper's central claim), and
+the options beyond the paper's default: truncated long episodes (horizon), a fixed output rule."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 from plasticity import PlasticityError
-from plasticity.config import MetaConfig
+from plasticity.config import PRESETS, MetaConfig
 from plasticity.data import load_dataset
-from plasticity.meta import _Lives, meta_train
+from plasticity.meta import RuleParams, _Lives, evaluate_rule, meta_train
 from plasticity.network import make_networks
+from plasticity.rules.classic import perceptron
+from plasticity.theory import sign_pattern
 
 
 def tiny(**kw) -> MetaConfig:
     base = dict(dataset="relu1", neurons=20, k=10, T=3, learn="both", episodes=4, batch=10,
                 steps=6, n_train=400, eval_every=6, eval_train=200, eval_examples=200)
     return MetaConfig(**{**base, **kw})
+
+
+def test_gd_turns_the_anti_perceptron_output_rule_into_the_perceptron():
+    """PAPER.md 6 / README "The last layer": meta-learning the T=1 output rule on Halfspace from a
+    fixed start whose column differences d[a] = r[a,0] - r[a,1] have the wrong signs (the
+    anti-perceptron [+,-;-,+]) lowers the meta-loss and ends with d[0] < 0 < d[1], the part of the
+    table the loss sees (with two classes the common part of each row cancels). About 1 s."""
+    # Catches: no optimizer step, a gradient of the wrong sign, an unroll that cuts the gradient
+    # to the rule, an output rule applied to the wrong rows (the target is the perceptron).
+    smoke = PRESETS["meta-train"]["smoke"]
+    cfg = MetaConfig(**{**smoke, "steps": 40, "eval_every": 40, "lr": 0.1, "output_init": 1.0,
+                        "seed": 4, "dataset": "halfspace", "T": 1, "learn": "output"})
+    data = load_dataset("halfspace")
+    start = RuleParams(cfg, "cpu").rule({})
+    s = start.output.table()
+    assert sign_pattern(s) == "[+,-;-,+]" and s[0, 0] - s[0, 1] > 0 > s[1, 0] - s[1, 1]
+    res = meta_train(cfg, data)
+    assert res.skipped == 0
+    losses = [h["loss"] for h in res.history]
+    assert len(losses) == cfg.steps
+    assert sum(losses[-5:]) < 0.3 * sum(losses[:5]), losses  # measured: 3.4 -> 0.45
+    out = res.rule.output.table()
+    d = out[:, 0] - out[:, 1]
+    assert d[0] < 0 < d[1], out  # the perceptron pattern in its identifiable form
+    assert d[1] > -d[0]  # the fired row's difference is the larger (README: in all 30 runs)
+    # and the rule it found trains networks better than the start did (measured 0.86 vs ~0.5)
+    acc = {name: evaluate_rule(cfg, rule, data, "cpu", n_train=cfg.eval_train,
+                               n_test=cfg.eval_examples) for name, rule in
+           (("start", start), ("learned", res.rule))}
+    assert acc["learned"] > max(0.75, acc["start"] + 0.2), acc
 
 
 def test_lives_keep_learning_and_restart_staggered():
@@ -50,7 +83,12 @@ def test_horizon_refuses_resampled_networks():
 
 
 def test_learn_rnn_keeps_the_perceptron_output_rule():
-    res = meta_train(tiny(learn="rnn", steps=2), load_dataset("relu1"))
-    out = res.rule.output.table()
-    assert torch.equal(torch.sign(out[:, 0]), torch.tensor([-1.0, 1.0] * 4, dtype=out.dtype))
+    """learn=rnn: only the RNN rule is trained; the output rule is the T=3 perceptron, entry for
+    entry, and the RNN rule moved from its start."""
+    cfg = tiny(learn="rnn", steps=2)
+    res = meta_train(cfg, load_dataset("relu1"))
+    # Catches: an output rule that is trained too, or a wrong fixed table (a sign or a row off).
+    assert torch.equal(res.rule.output.table(), perceptron(3).table())
     assert res.rule.rnn is not None
+    start = RuleParams(cfg, "cpu").rule({}).rnn.table()
+    assert not torch.equal(res.rule.rnn.table(), start)  # catches: the RNN rule not learned

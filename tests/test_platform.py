@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import io
 import json
 import os
 import signal
@@ -47,28 +49,57 @@ def test_cluster_yaml_passes_rays_schema():
 
 @pytest.mark.parametrize("preset", sorted(SIZES))
 def test_every_reproduce_stage_builds_a_valid_config(preset, tmp_path):
-    from plasticity.cli import all_commands
+    from plasticity.platform_commands import prepare_command
 
-    for stage in stages(preset):
+    plan = stages(preset)
+    names = [s.name for s in plan]
+    assert len(set(names)) == len(names)  # they name the output folders and the child runs
+    for i, stage in enumerate(plan):
         sets = dict(stage.sets)
-        for key in stage.rules:  # an earlier stage's rule: any valid rule of the right T
+        for key, refs in stage.rules.items():
+            # Catches: a stage fed the rule of a stage that runs after it (or of no stage)
+            assert refs and set(refs.split(",")) <= set(names[:i]), (stage.name, refs)
+            # an earlier stage's rule: any valid rule of the right T
             sets[key] = str(ROOT / "bench" / "rules" / f"fig3_T{sets.get('T', 1)}.json")
-        cmd = all_commands()[stage.command]
-        cmd.build(stage.command, stage.preset, sets, None)
+        command, cfg, _ = prepare_command(stage.command, stage.preset, sets, tmp_path / stage.name)
+        assert isinstance(cfg, command.config), stage.name
+        # Catches: a stage field the command drops, or a preset that overrides the stage's own
+        for key, value in sets.items():
+            assert getattr(cfg, key) == value, (stage.name, key, getattr(cfg, key), value)
 
 
-def test_reproduce_runs_stages_as_child_runs_and_writes_the_report(tmp_path, capsys):
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    out = tmp_path / "rep"
-    proc = in_process(capsys, "reproduce", "--preset", "smoke", "--stages", "meta-T1,evolve-T1",
-                      "--out", str(out), "--tracking-uri", uri, "--no-progress")
-    assert proc.returncode == 0, proc.stderr
-    assert "Learned rules" in proc.stdout and "meta-T1" in proc.stdout and "evolve-T1" in proc.stdout
+@pytest.fixture(scope="module")
+def reproduced(tmp_path_factory):
+    """`plasticity reproduce --preset smoke`, every stage, tracked in a fresh sqlite store: run
+    once (about 7 s) for the two tests below. Returns (exit code, stdout, stderr, out, uri)."""
+    from plasticity.cli import run
+
+    tmp = tmp_path_factory.mktemp("reproduce")
+    uri, out = f"sqlite:///{tmp}/mlflow.db", tmp / "rep"
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        code = run(["reproduce", "--preset", "smoke", "--out", str(out), "--tracking-uri", uri,
+                    "--no-progress"])
+    return code, stdout.getvalue(), stderr.getvalue(), out, uri
+
+
+def test_reproduce_smoke_runs_every_stage(reproduced):
+    code, stdout, stderr, out, _ = reproduced
+    assert code == 0, stderr
     result = json.loads((out / "result.json").read_text())
-    assert set(result["stages"]) == {"meta-T1", "evolve-T1"}
+    assert result["skipped"] == {}
+    assert set(result["stages"]) == {s.name for s in stages("smoke")}
+    for section in ("Learned rules", "Evolution vs GD", "Transfer", "Robustness"):
+        assert section in stdout
+    assert (out / "robustness.png").is_file()
     report = (out / "report.md").read_text()
     assert "## Learned rules" in report and "(rule_meta-T1.png)" in report
     assert (out / "rule_meta-T1.png").stat().st_size > 1000
+
+
+def test_reproduce_runs_stages_as_child_runs_of_one_parent(reproduced):
+    code, _, stderr, _, uri = reproduced
+    assert code == 0, stderr
     store = open_store(uri)
     parents = store.client.search_runs([store.experiment_id()],
                                        filter_string="tags.`plasticity.command` = 'reproduce'")
@@ -77,9 +108,20 @@ def test_reproduce_runs_stages_as_child_runs_and_writes_the_report(tmp_path, cap
     arts = {a.path for a in store.client.list_artifacts(parents[0].info.run_id, "report")}
     assert "report/report.md" in arts
     children = {c.data.tags["reproduce.stage"]: c for c in child_runs(store, parents[0].info.run_id)}
-    assert set(children) == {"meta-T1", "evolve-T1"}
+    assert set(children) == {s.name for s in stages("smoke")}
+    assert all(c.info.status == "FINISHED" for c in children.values())
     assert children["evolve-T1"].data.tags["rule.evolve.method"].startswith(("genetic", "evol"))
     assert "evolution/loss_best" in children["evolve-T1"].data.metrics
+
+
+def test_reproduce_stages_runs_only_the_named_stages(tmp_path, capsys):
+    out = tmp_path / "rep"
+    proc = in_process(capsys, "reproduce", "--preset", "smoke", "--stages", "meta-T1", "--out",
+                      str(out), "--no-tracking", "--no-progress")
+    assert proc.returncode == 0, proc.stderr
+    # Catches: --stages ignored (every stage run) or a named stage not run
+    assert set(json.loads((out / "result.json").read_text())["stages"]) == {"meta-T1"}
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["meta-T1", "rules"]
 
 
 @pytest.mark.parametrize("args, needle", [
@@ -90,19 +132,6 @@ def test_reproduce_runs_stages_as_child_runs_and_writes_the_report(tmp_path, cap
 def test_bad_reproduce_input_is_one_line_exit_2(args, needle, tmp_path, capsys):
     proc = in_process(capsys, *args, "--out", str(tmp_path / "o"), "--no-tracking")
     assert_one_line_error(proc, needle)
-
-
-def test_reproduce_smoke_runs_every_stage(tmp_path, capsys):
-    out = tmp_path / "rep"
-    proc = in_process(capsys, "reproduce", "--preset", "smoke", "--out", str(out),
-                      "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db", "--no-progress")
-    assert proc.returncode == 0, proc.stderr
-    result = json.loads((out / "result.json").read_text())
-    assert result["skipped"] == {}
-    assert set(result["stages"]) == {s.name for s in stages("smoke")}
-    for section in ("Learned rules", "Evolution vs GD", "Transfer", "Robustness"):
-        assert section in proc.stdout
-    assert (out / "robustness.png").is_file()
 
 
 def _free_port() -> int:

@@ -7,7 +7,7 @@ import json
 
 import pytest
 import torch
-from plasticity.cli import main
+from plasticity.cli import all_commands, main
 from plasticity.config import TrainConfig
 from plasticity.data import load_dataset
 from plasticity.experiment import run_networks
@@ -24,9 +24,9 @@ def mnist():
     return load_dataset("mnist")
 
 
-def _net(mnist, T: int) -> FrozenNet:
+def _net(mnist, T: int, seed: int = 0) -> FrozenNet:
     cfg = TrainConfig(dataset="mnist", neurons=60, k=30, T=T, n_train=800, n_test=100, networks=1,
-                      eval_every=10**6, eval_examples=1)
+                      eval_every=10**6, eval_examples=1, seed=seed)
     res = run_train(cfg, classic_rule("perceptron", T), data=mnist)
     return FrozenNet(run_networks(cfg, mnist, 1, "cpu"), res.W, res.U)
 
@@ -69,18 +69,27 @@ def test_eps_zero_gives_the_clean_accuracy(net, batch):
     assert res["worst"] == [clean] and all(v == [clean] for v in res["raw"].values())
 
 
-def test_worst_case_never_rises_with_eps_and_large_eps_breaks_everything(net, batch):
+def test_worst_case_is_below_every_attack_and_large_eps_breaks_everything(net, batch):
     x, y = batch
     eps = [0.0, 0.5, 1.0, 2.0, 4.0, 30.0]
-    res = robustness_curves(net, x, y, eps, ["paper", "fgsm", "pgd_l2", "square"],
-                            budget=BUDGET, gen=_gen())
-    w = res["worst"]
+    attacks = ["fgsm", "paper", "pgd_l2", "square"]  # the weakest (L-inf in an L2 ball) first
+    res = robustness_curves(net, x, y, eps, attacks, budget=BUDGET, gen=_gen())
+    w, raw = res["worst"], res["raw"]
+    # Catches: a worst case taken from one attack only (the first, say): at every eps it is at
+    # most each attack's own robust accuracy and at most the union of that eps's breaks ...
+    for i in range(len(eps)):
+        assert w[i] <= min(raw[a][i] for a in attacks) + 1e-12, (eps[i], w, raw)
+        assert w[i] <= res["worst_raw"][i] + 1e-12
+    # ... and here the union is strictly stronger than the first attack, so such a bug shows
+    assert any(w[i] < raw[attacks[0]][i] for i in range(len(eps))), (w, raw)
+    # Catches: a worst case that forgets breaks found at a smaller eps (per-eps union only)
     assert all(b <= a for a, b in zip(w, w[1:])), w
     assert w[0] > 0.3 and w[-1] <= 0.05, w  # L2 eps = 30 covers the whole pixel cube (28)
     # per example: the smallest breaking eps is consistent with the worst-case curve
     for i, e in enumerate(eps):
         robust = sum(b is None or b > e for b in res["broken_at"])
         assert robust / len(y) == pytest.approx(w[i])
+    assert set(res["broken_by"]) - {None, "clean"} <= set(attacks)
 
 
 def test_pgd_is_never_weaker_than_fgsm(net, batch):
@@ -117,12 +126,28 @@ def test_gradient_free_attack_sees_through_masked_gradients(mnist, batch):
     assert int(b_sq.sum()) > int(b_pgd.sum()) + 5
 
 
-def test_transfer_from_itself_equals_pgd(net, batch):
+class _BlackBox(FrozenNet):
+    """A target network that refuses every gradient query: all a transfer attack may use."""
+
+    def logits(self, x):
+        if torch.is_grad_enabled() and x.requires_grad:
+            raise AssertionError("the target network was asked for a gradient")
+        return super().logits(x)
+
+
+def test_transfer_attack_crafts_on_the_surrogate_and_judges_on_the_target(mnist, net, batch):
     x, y = batch
-    _, b_pgd = pgd(net, x, y, 1.0, norm="l2", steps=5, restarts=1, gen=_gen())
-    _, b_tr = ATTACKS["transfer"](net, x, y, 1.0, surrogate=net, norm="l2", steps=5, restarts=1,
-                                  gen=_gen())
-    assert torch.equal(b_pgd, b_tr)
+    surrogate = _net(mnist, 1, seed=1)  # another network: its own graph, weights and examples
+    target = _BlackBox(net.nets, net.W, net.U)
+    # Catches: a transfer attack that asks the target network for a gradient (_BlackBox raises)
+    x_tr, b_tr = ATTACKS["transfer"](target, x, y, 2.0, surrogate=surrogate, norm="l2", steps=5,
+                                     restarts=1, gen=_gen())
+    # Catches: adversarial points crafted on anything but the surrogate
+    x_pgd, _ = pgd(surrogate, x, y, 2.0, norm="l2", steps=5, restarts=1, gen=_gen())
+    assert torch.equal(x_tr, x_pgd)
+    # Catches: breaks judged on the surrogate, not on the target (the two disagree here)
+    assert torch.equal(b_tr, net.predict(x_tr) != y)
+    assert not torch.equal(b_tr, surrogate.predict(x_tr) != y)
 
 
 def _run(capsys, *args):
@@ -155,7 +180,8 @@ def test_attack_command_smoke_writes_curves_and_reloads(capsys, tmp_path):
     res = json.loads(out)
     for f in ("result.json", "network.pt", "curves.png", "events.jsonl"):
         assert (tmp_path / "a" / f).is_file(), f
-    assert res["worst"][0] == res["clean"] and res["eps"] == [0.0, 1.0, 2.0]
+    smoke_eps = [float(e) for e in all_commands()["attack"].presets["smoke"]["eps"].split(",")]
+    assert res["worst"][0] == res["clean"] and res["eps"] == smoke_eps
     assert res["test_plasticity"].startswith("off")
     events = (tmp_path / "a" / "events.jsonl").read_text()
     assert "attack/paper/eps_2" in events and "attack/worst/eps_1" in events

@@ -20,6 +20,7 @@ from test_cli import assert_one_line_error, in_process
 from search_spaces import SPACES, get_space, sample
 
 ROOT = Path(__file__).resolve().parents[1]
+SMOKE_STEPS = all_commands()["meta-train"].presets["smoke"]["steps"]  # the smoke space's trials
 
 
 @pytest.mark.parametrize("name", sorted(SPACES))
@@ -63,7 +64,7 @@ def test_smoke_sweep_is_a_parent_run_with_8_complete_children(ray_local, tmp_pat
         assert c.info.status == "FINISHED"
         assert {"lr", "output_init", "seed", "episodes", "dataset"} <= set(c.data.params)
         assert "meta/loss" in c.data.metrics and "meta-train/test_accuracy" in c.data.metrics
-        assert len(store.client.get_metric_history(c.info.run_id, "meta/loss")) == 6  # smoke: 6 steps
+        assert len(store.client.get_metric_history(c.info.run_id, "meta/loss")) == SMOKE_STEPS
         arts = {a.path for a in store.client.list_artifacts(c.info.run_id, "rules/meta-train")}
         assert "rules/meta-train/rule.json" in arts and "rules/meta-train/heatmap.png" in arts
     # seeded: the trials ran exactly the configurations the seed draws, in trial order
@@ -133,21 +134,43 @@ def test_bad_sweep_input_is_one_line_exit_2_and_writes_nothing(args, needle, tmp
     assert not (tmp_path / "o" / "tune").exists()
 
 
-def test_asha_sweep_closes_stopped_trials_as_killed(ray_local, tmp_path, capsys):
+def _bad_start_after_two(config: dict) -> float:
+    """output_init of the ASHA test's trials: 0 (loss ~0.69) for seeds 0, 1; then 3 (loss > 3)."""
+    return 0.0 if int(config["seed"]) < 2 else 3.0
+
+
+def test_asha_stops_the_bad_trials_and_closes_them_as_killed(ray_local, tmp_path, capsys,
+                                                             monkeypatch):
+    """Four smoke trials, two at a time, in grid order: two good starts, then two bad ones. ASHA
+    (grace period 2, reduction factor 2) records the good trials at its first rung before a bad
+    one reaches it, so both bad trials are stopped there."""
+    from ray import tune
+
+    import search_spaces
+
+    space = search_spaces.Space(
+        "meta-train", "smoke", {"seed": tune.grid_search([0, 1, 2, 3]), "lr": 0.1,
+                                "output_init": tune.sample_from(_bad_start_after_two)},
+        metric="meta/loss", mode="min", help="test only: ASHA must stop the bad starts")
+    monkeypatch.setitem(search_spaces.SPACES, "asha_forced", space)
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    proc = in_process(capsys, "sweep", "smoke", "--samples", "6", "--scheduler", "asha", "--out",
+    proc = in_process(capsys, "sweep", "asha_forced", "--scheduler", "asha", "--out",
                       str(tmp_path / "sweep"), "--tracking-uri", uri, "--json")
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
     store = open_store(uri)
     children = _children(uri, result["parent_run_id"])
-    assert len(children) == 6
+    assert len(children) == 4
+    status = {}
     for c in children:
         steps = len(store.client.get_metric_history(c.info.run_id, "meta/loss"))
         rules = store.client.list_artifacts(c.info.run_id, "rules/meta-train")
+        status.setdefault(float(c.data.params["output_init"]), []).append(c.info.status)
         if c.info.status == "FINISHED":
-            assert steps == 6 and rules
+            assert steps == SMOKE_STEPS and rules
         else:  # stopped by ASHA at a rung: its curve so far, no rule
             assert c.info.status == "KILLED" and c.data.tags["tune.stopped_early"] == "true"
-            assert 1 <= steps < 6 and not rules
-    assert any(c.info.status == "FINISHED" for c in children)
+            assert 1 <= steps < SMOKE_STEPS and not rules
+    # Catches: ASHA that stops nothing (no scheduler, or a rung past the trials' end)
+    assert status[3.0] == ["KILLED", "KILLED"], status
+    assert "FINISHED" in status[0.0], status  # the first good trial at each rung goes on

@@ -3,13 +3,15 @@ MSE-optimal rule, Theorem 3's mistake bound and the structure of the Theorem 1 e
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from plasticity import PlasticityError, theory
 from plasticity.config import MetaConfig
 from plasticity.data import load_dataset
 from plasticity.learning import example_orders, train_with_rule
-from plasticity.meta import episode_loss
+from plasticity.meta import episode_loss, meta_train
 from plasticity.network import make_networks
 from plasticity.rules import LayerRule, Rule, Scheme
 from plasticity.rules.classic import perceptron
@@ -131,18 +133,33 @@ def test_sign_pattern():
 @pytest.mark.parametrize("mode", ["additive", "multiplicative"])
 def test_theorem1_experiment_structure(halfspace, mode):
     ds, _, _ = halfspace
-    cfg = MetaConfig(n_train=400, n_test=200, neurons=20, k=10, episodes=2, batch=10, steps=3,
-                     eval_every=3, eval_train=100, eval_examples=100, mode=mode)
+    cfg = MetaConfig(n_train=400, n_test=200, neurons=20, k=10, episodes=2, batch=10, steps=30,
+                     lr=0.1, eval_every=30, eval_train=100, eval_examples=100, mode=mode)
     out = theory.theorem1_experiment(cfg, ds, 2, output_init=1.0)
     assert out["mode"] == mode and len(out["starts"]) == 2
     assert [r["seed"] for r in out["starts"]] == [0, 1]
     for r in out["starts"]:
-        assert torch.tensor(r["initial"]).shape == (2, 2) == torch.tensor(r["final"]).shape
+        final = torch.tensor(r["final"], dtype=torch.float64)
+        assert torch.tensor(r["initial"]).shape == (2, 2) == final.shape
         assert r["initial"] != r["final"]  # GD moved the table
-        assert r["pattern"] == theory.sign_pattern(torch.tensor(r["final"]))
+        assert r["pattern"] == theory.sign_pattern(final)
         assert 0.0 <= r["accuracy"] <= 1.0
+        # Catches: loss_first / loss_last swapped or taken from the same step (measured 0.87 ->
+        # 0.59 and 1.03 -> 0.61 in 30 steps of lr 0.1, both modes)
+        assert r["loss_last"] < 0.8 * r["loss_first"], r
+        # Catches: a reported column difference that is not d[a] = r[a,0] - r[a,1] of the final
+        d = final[:, 0] - final[:, 1]
+        assert r["difference"] == pytest.approx(d.tolist(), abs=1e-12)
+        assert r["difference_perceptron"] == bool(d[0] < 0 < d[1])
     assert out["starts"][0]["initial"] != out["starts"][1]["initial"]  # random starts
     assert out["perceptron_count"] == sum(r["perceptron"] for r in out["starts"])
+    assert out["difference_perceptron_count"] == 2  # GD found the identifiable perceptron form
     assert sum(out["patterns"].values()) == 2
+    # Catches: start s reported from another start's run: start 1 is meta_train at seed 1
+    alone = meta_train(dataclasses.replace(cfg, seed=1, output_init=1.0), ds)
+    one = out["starts"][1]
+    assert one["final"] == alone.rule.output.table().tolist()
+    assert (one["loss_first"], one["loss_last"]) == (alone.history[0]["loss"],
+                                                     alone.history[-1]["loss"])
     with pytest.raises(PlasticityError, match="T=1"):
         theory.theorem1_experiment(MetaConfig(T=2), ds, 1)
