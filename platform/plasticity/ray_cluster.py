@@ -39,14 +39,26 @@ def token_source() -> str | None:
     return str(default) if default.is_file() and default.stat().st_size else None
 
 
+def token_problem() -> str | None:
+    """Why Ray, in token mode, would find no usable token here (its C++ loader aborts the
+    process on some of these instead of raising), else None."""
+    if os.environ.get("RAY_AUTH_TOKEN"):
+        return None
+    path = os.environ.get("RAY_AUTH_TOKEN_PATH")
+    if path:
+        f = Path(path).expanduser()
+        return None if f.is_file() and f.stat().st_size else f"RAY_AUTH_TOKEN_PATH={path} is " \
+            "missing or empty"
+    return None if token_source() else "this machine has no Ray token"
+
+
 def auth_error(address: str) -> PlasticityError:
     """The one-line error for a cluster that refused this client's token."""
     mode = os.environ.get(MODE, "")
     if mode.lower() != "token":
         return PlasticityError(f"the Ray cluster at {address} requires its token, but {MODE}={mode} "
                                f"here: unset {MODE} (plasticity then uses the token) and {FIX}")
-    src = token_source()
-    what = "this machine has no Ray token" if src is None else f"it refused the token from {src}"
+    what = token_problem() or f"it refused the token from {token_source()}"
     return PlasticityError(f"the Ray cluster at {address} refused this client ({what}): {FIX}")
 
 
@@ -101,24 +113,54 @@ def check_cluster(address: str | None) -> None:
         socket.create_connection(hp, timeout=5).close()
     except OSError as exc:
         raise PlasticityError(f"cannot reach the Ray cluster at {address}: {exc}") from None
+    if os.environ.get(MODE, "").lower() == "token" and token_problem():
+        raise auth_error(address)  # known before asking (and Ray would abort on asking)
     if address.startswith("ray://"):
         return  # Ray Client: ray.init's AuthenticationError is mapped in init()
     import ray
     from ray._raylet import GcsClient
 
+    _sync_mode()
+    saved, quiet = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(quiet, 2)  # Ray's C++ client logs the refusal on stderr: our one line says it
     try:
         GcsClient(address=f"{hp[0]}:{hp[1]}", cluster_id=None)
     except ray.exceptions.AuthenticationError:
         raise auth_error(address) from None
     except Exception:  # noqa: BLE001 - not our check's business (ray.init reports it)
         return
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(quiet)
+
+
+def _sync_mode() -> None:
+    """Make Ray see the mode now in the environment. Ray caches it when imported: after an
+    ``import ray`` that came before ``import plasticity`` it would still think authentication is
+    off, create no token, and the GCS it starts (which reads the environment) would die for want
+    of one. Ray's own ``ray.init`` refreshes the cache the same way when it turns token mode on."""
+    try:
+        from ray._raylet import AuthenticationMode, Config, get_authentication_mode
+    except ImportError:  # another Ray: nothing cached this way
+        return
+    if os.environ.get(MODE, "").lower() == "token" and get_authentication_mode() != \
+            AuthenticationMode.TOKEN:
+        Config.initialize("")
 
 
 def init(address: str | None = None, **kwargs):
     """``ray.init`` for a new local Ray (``address`` None or ``local``) or an existing cluster,
     without the dashboard, with the token; failures to join are one-line PlasticityErrors."""
-    warn_if_disabled()
+    _sync_mode()
     check_cluster(address)
+    warn_if_disabled()
+    local = not address or address == "local"
+    problem = token_problem()
+    if local and problem and problem.startswith("RAY_AUTH_TOKEN_PATH") and \
+            os.environ.get(MODE, "").lower() == "token":
+        raise PlasticityError(f"cannot start a local Ray: {problem} (unset it: a local Ray makes "
+                              "its own token in ~/.ray/auth_token)")
     import ray
 
     try:
@@ -128,7 +170,7 @@ def init(address: str | None = None, **kwargs):
     except ray.exceptions.AuthenticationError:
         raise auth_error(address or "local") from None
     except (ConnectionError, ValueError, RuntimeError) as exc:
-        if not address or address == "local":
+        if local:
             raise PlasticityError(f"could not start a local Ray: {str(exc).splitlines()[0][:200]}") \
                 from None
         raise PlasticityError(f"cannot reach the Ray cluster at {address}: "
