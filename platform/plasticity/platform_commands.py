@@ -200,7 +200,10 @@ def run_server(args) -> dict:
     ini.write_text("[mlflow]\n"
                    "default_permission = READ\n"
                    f"database_uri = sqlite:///{auth_dir / 'basic_auth.db'}\n"
-                   "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
+                   "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+                   # a password check is a PBKDF2 hash per request: cached for 60 s (one worker,
+                   # so a password changed through the API takes effect at once)
+                   "auth_cache_ttl_seconds = 60\n")
     env = {**os.environ, "MLFLOW_AUTH_CONFIG_PATH": str(ini), "MLFLOW_AUTH_ADMIN_USERNAME": user,
            "MLFLOW_AUTH_ADMIN_PASSWORD": password,
            "MLFLOW_FLASK_SERVER_SECRET_KEY": _secret_key(auth_dir)}
