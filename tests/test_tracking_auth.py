@@ -5,6 +5,7 @@ environment; the platform's client sends MLFLOW_TRACKING_USERNAME / MLFLOW_TRACK
 from __future__ import annotations
 
 import os
+import re
 import signal
 import stat
 import subprocess
@@ -166,3 +167,27 @@ def test_server_without_private_credentials_is_one_line_exit_2(tmp_path, capsys,
     monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "short")
     assert_one_line_error(in_process(capsys, *args), "shorter than 12 characters")
     assert not (tmp_path / "m.db").exists()  # refused before the store is touched
+
+
+@pytest.mark.parametrize("code, needle", [(401, "refused the credentials (401"),
+                                          (403, "(403 Permission denied)")])
+def test_a_refused_request_is_not_retried(code, needle):
+    """A 401/403 ends at once in one line, unlike an outage (retried for up to retry_s)."""
+    from mlflow.exceptions import MlflowException
+    from plasticity import PlasticityError
+    from plasticity.tracking import RetryingClient, _transient
+
+    calls = []
+
+    class Raw:
+        def log_batch(self, *a, **kw):
+            calls.append(1)
+            raise MlflowException(f"API request to endpoint /api/2.0/mlflow/runs/log-batch failed "
+                                  f"with error code {code} != 200. Response body: 'denied'")
+
+    client = RetryingClient(Raw(), retry_s=300, uri="http://127.0.0.1:1")
+    t0 = time.time()
+    with pytest.raises(PlasticityError, match=re.escape(needle)):
+        client.log_batch("run")
+    assert calls == [1] and time.time() - t0 < 1
+    assert not _transient(MlflowException(f"failed with error code {code} != 200"))
