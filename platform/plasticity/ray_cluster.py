@@ -140,12 +140,14 @@ def _sync_mode() -> None:
     ``import ray`` that came before ``import plasticity`` it would still think authentication is
     off, create no token, and the GCS it starts (which reads the environment) would die for want
     of one. Ray's own ``ray.init`` refreshes the cache the same way when it turns token mode on."""
+    import ray
+
     try:
         from ray._raylet import AuthenticationMode, Config, get_authentication_mode
     except ImportError:  # another Ray: nothing cached this way
         return
-    if os.environ.get(MODE, "").lower() == "token" and get_authentication_mode() != \
-            AuthenticationMode.TOKEN:
+    if os.environ.get(MODE, "").lower() == "token" and not ray.is_initialized() and \
+            get_authentication_mode() != AuthenticationMode.TOKEN:
         Config.initialize("")
 
 
