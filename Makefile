@@ -4,7 +4,6 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 PRESET ?= quick
-export RAY_AUTH_MODE := disabled
 
 .PHONY: setup data run ui test test-slow bench lint clean
 

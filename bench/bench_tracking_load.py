@@ -35,7 +35,7 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_AUTH_MODE", "token")  # Ray's token authentication on (README, Security)
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 HOOKS = ("on_trial_start", "on_trial_result", "on_trial_complete", "on_trial_error")

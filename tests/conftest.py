@@ -1,5 +1,5 @@
 """Shared test setup: one intra-op thread (the test machines are small and shared), one local
-Ray per test session (started on first use, with no dashboard), RAY_AUTH_MODE=disabled, and
+Ray per test session (started on first use, with no dashboard, with Ray's token), and
 MLflow tracking off unless a test turns it on."""
 
 import os
@@ -8,7 +8,7 @@ import pytest
 import torch
 
 torch.set_num_threads(1)
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_AUTH_MODE", "token")  # Ray's token authentication on, as in the CLI
 # CLI runs in tests track nothing unless a test asks for a store (tests/test_tracking.py does):
 # no mlflow.db appears in the working directory, and no test pays for MLflow it does not check.
 os.environ["PLASTICITY_TRACKING_URI"] = "none"  # also over a developer's own setting

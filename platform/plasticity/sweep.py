@@ -16,7 +16,6 @@ import dataclasses
 import json
 import os
 import random
-import socket
 import sys
 import time
 from pathlib import Path
@@ -147,26 +146,20 @@ def _trainable(space, cpus: float, gpus: float, root: Path):
 
 
 def _check_address(address: str | None) -> None:
-    """A HOST:PORT address must accept a connection (ray.init would wait minutes for it)."""
-    if not address or address in ("auto", "local") or ":" not in address:
-        return
-    host, _, port = address.removeprefix("ray://").rpartition(":")
-    try:
-        socket.create_connection((host, int(port)), timeout=5).close()
-    except (OSError, ValueError) as exc:
-        raise PlasticityError(f"cannot reach the Ray cluster at {address}: {exc}") from None
+    """An existing cluster must accept a connection and this client's Ray token (ray.init would
+    wait 20 s and say neither): checked before anything is written."""
+    from . import ray_cluster
+
+    ray_cluster.check_cluster(address)
 
 
 def _start_ray(address: str | None) -> bool:
     """Connect to ``address`` or start a local Ray; True when this call started it."""
+    from . import ray_cluster
+
     if ray.is_initialized():
         return False
-    try:
-        ray.init(address=address or "local", include_dashboard=False, log_to_driver=False,
-                 configure_logging=False)
-    except (ConnectionError, ValueError, RuntimeError) as exc:
-        raise PlasticityError(f"cannot reach the Ray cluster at {address}: "
-                              f"{str(exc).splitlines()[0][:200]}") from None
+    ray_cluster.init(address or "local", log_to_driver=False, configure_logging=False)
     return True
 
 

@@ -16,6 +16,11 @@
   on a transient error; while the store is down, metrics stay buffered (a failed flush is tried
   again later, the run goes on) and are sent once it is back. Resending a batch is idempotent:
   a metric keeps its timestamp, and MLflow stores an identical (key, step, timestamp, value) once.
+- A tracking server with authentication (``plasticity server``: MLflow's basic auth): the client
+  sends ``$MLFLOW_TRACKING_USERNAME`` / ``$MLFLOW_TRACKING_PASSWORD`` (else
+  ``~/.mlflow/credentials``), as MLflow does. A refusal (401 bad credentials, 403 no permission) is
+  never retried: it is one line naming the fix (exit 2), and since the store is opened before a
+  command runs, a refused run writes nothing.
 
 Metric names (documented in the README): ``<family>/<name>``, e.g. ``meta/loss``,
 ``transfer/mnist/large_T1``, ``evolution/loss_best``, ``attack/pgd_linf/eps_0.3``; characters
@@ -62,10 +67,46 @@ SCHEMES = ("sqlite", "http", "https", "postgresql", "mysql", "mssql", "databrick
 _BAD_KEY = re.compile(r"[^A-Za-z0-9_\-. /:]")
 
 
+_REFUSED = re.compile(r"error code (401|403)\b")
+
+
+def _refused(exc: BaseException) -> int | None:
+    """401 / 403 when the server refused the request's credentials, else None."""
+    if isinstance(exc, MlflowException):
+        if exc.error_code in ("UNAUTHENTICATED", "PERMISSION_DENIED"):
+            return 401 if exc.error_code == "UNAUTHENTICATED" else 403
+        m = _REFUSED.search(str(exc))
+        return int(m.group(1)) if m else None
+    status = getattr(getattr(exc, "response", None), "status_code", None)
+    return status if status in (401, 403) else None
+
+
+def _user() -> str | None:
+    from mlflow.utils.credentials import read_mlflow_creds
+
+    return read_mlflow_creds().username
+
+
+def refused_error(uri: str, code: int) -> PlasticityError:
+    """The one-line error for a request the tracking server refused (no retry)."""
+    user = _user()
+    if code == 401:
+        who = f"user '{user}'" if user else "no user name given"
+        return PlasticityError(
+            f"tracking server {uri} refused the credentials (401 Unauthorized, {who}): set "
+            "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or ~/.mlflow/credentials) to "
+            "an account of that server")
+    return PlasticityError(f"tracking server {uri} denied user '{user}' (403 Permission denied): "
+                           "ask its admin for permission on the experiment, or use another "
+                           "--tracking-uri")
+
+
 def _transient(exc: BaseException) -> bool:
     """A failure worth retrying: the store unreachable or busy, not a refused request."""
     import requests
 
+    if _refused(exc):
+        return False
     if isinstance(exc, (requests.ConnectionError, requests.Timeout, ConnectionError, TimeoutError)):
         return True
     if isinstance(exc, MlflowException):
@@ -78,10 +119,11 @@ def _transient(exc: BaseException) -> bool:
 
 class RetryingClient:
     """An MlflowClient whose calls are retried with backoff on transient errors for up to
-    ``retry_s`` seconds (one warning line on stderr, one when the store is back)."""
+    ``retry_s`` seconds (one warning line on stderr, one when the store is back). A request the
+    server refused (bad credentials, no permission) is not retried: a one-line PlasticityError."""
 
-    def __init__(self, client: MlflowClient, retry_s: float | None = None):
-        self.raw = client
+    def __init__(self, client: MlflowClient, retry_s: float | None = None, uri: str = "?"):
+        self.raw, self.uri = client, uri
         self.retry_s = float(os.environ.get("PLASTICITY_TRACKING_RETRY_S", "300")
                              if retry_s is None else retry_s)
 
@@ -99,6 +141,9 @@ class RetryingClient:
                         print("plasticity: tracking store reachable again", file=sys.stderr)
                     return out
                 except Exception as exc:
+                    code = _refused(exc)
+                    if code:
+                        raise refused_error(self.uri, code) from None
                     if not _transient(exc) or time.monotonic() + delay > deadline:
                         raise
                     if not failed:
@@ -142,7 +187,7 @@ class Store:
 
     def __init__(self, uri: str):
         self.uri = uri
-        self.client = RetryingClient(MlflowClient(tracking_uri=uri, registry_uri=uri))
+        self.client = RetryingClient(MlflowClient(tracking_uri=uri, registry_uri=uri), uri=uri)
         self._ids: dict[str, str] = {}
 
     def experiment_id(self, name: str = EXPERIMENT) -> str:
@@ -185,10 +230,15 @@ def open_store(uri: str) -> Store:
     """Open (and for sqlite create) the store; an unreachable one is a one-line error."""
     if uri.startswith(("http://", "https://")):
         import requests
+        from mlflow.utils.credentials import read_mlflow_creds
 
+        creds = read_mlflow_creds()  # /health is open on MLflow's basic auth, not behind a proxy
+        auth = (creds.username, creds.password) if creds.username and creds.password else None
         try:
-            requests.get(uri.rstrip("/") + "/health", timeout=5).raise_for_status()
+            requests.get(uri.rstrip("/") + "/health", timeout=5, auth=auth).raise_for_status()
         except requests.RequestException as exc:
+            if _refused(exc):
+                raise refused_error(uri, _refused(exc)) from None
             raise PlasticityError(f"tracking server {uri} is unreachable ({type(exc).__name__}): "
                                   "start it or pass --tracking-uri none") from None
     elif uri.startswith("sqlite:///"):
@@ -198,6 +248,8 @@ def open_store(uri: str) -> Store:
     store = Store(uri)
     try:
         store.client.search_experiments(max_results=1)  # creates the sqlite schema
+    except PlasticityError:
+        raise
     except Exception as exc:  # noqa: BLE001 - any failure here means "unusable store"
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise PlasticityError(f"tracking store {uri} cannot be used: {msg[:200]}") from None

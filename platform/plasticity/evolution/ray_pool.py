@@ -8,7 +8,8 @@ evaluates which chunk, and how many actors there are, cannot change a result. If
 its chunk is evaluated again on a fresh replacement actor.
 
 Works on an embedded local Ray (started here, stopped on ``close``) or on an existing cluster
-(``address``, e.g. ``ray://head:10001`` or ``auto``).
+(``address``, e.g. ``ray://head:10001`` or ``auto``), always with Ray's token authentication
+(``plasticity.ray_cluster``: a missing or wrong token is a one-line error).
 """
 
 from __future__ import annotations
@@ -17,12 +18,10 @@ import math
 import os
 import time
 
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-
 import numpy as np
 import ray
 
-from .. import PlasticityError
+from .. import PlasticityError, ray_cluster
 from ..config import MetaConfig, from_dict, to_dict
 
 RETRIES = 3  # replacement actors tried for one chunk before giving up
@@ -65,10 +64,10 @@ class RayPool:
         self.started = False
         if not ray.is_initialized():
             if address:
-                ray.init(address=address, include_dashboard=False, log_to_driver=False)
+                ray_cluster.init(address, log_to_driver=False)
             else:
                 need = max(os.cpu_count() or 1, math.ceil(workers * cpus))
-                ray.init(num_cpus=need, include_dashboard=False, log_to_driver=False)
+                ray_cluster.init(None, num_cpus=need, log_to_driver=False)
             self.started = True
         self.cpus, self.gpus = cpus, gpus
         device = "cuda" if gpus > 0 else "cpu"
