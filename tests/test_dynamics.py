@@ -258,3 +258,25 @@ def test_training_under_other_dynamics_than_learned_is_named():
     assert dynamics_mismatch(old, TrainConfig()) is None
     assert "firing=positive" in dynamics_mismatch(old, TrainConfig(firing="topk"))
     assert dynamics_mismatch(Rule(1, perceptron(1)), TrainConfig(firing="topk")) is None
+
+
+def test_recurrence_diagnostics_tell_silent_copied_and_live_rounds():
+    """W = 0: the paper's rounds repeat round 1 (h_T = h_1), the code's are silent; a random W
+    makes every round differ. Catches diagnostics that read the wrong round or the wrong W."""
+    from plasticity.dynamics import recurrence_diagnostics
+
+    x = torch.randn(40, D, generator=torch.Generator().manual_seed(0), dtype=F64)
+    kw = dict(neurons=30, k=15, p=0.5, T=3, seed=1, dtype=F64)
+    paper = make_networks(2, D, CLASSES, recurrence="paper", **kw)
+    code = make_networks(2, D, CLASSES, recurrence="code", **kw)
+    zero = torch.zeros(2, 30, 30, dtype=F64)
+    d = recurrence_diagnostics(paper, zero, x)
+    assert d["h_T_differs"] == [0.0, 0.0] and d["silent_rounds"] == [0.0, 0.0]
+    d = recurrence_diagnostics(code, zero, x)
+    assert d["h_T_differs"] == [1.0, 1.0] and d["silent_rounds"] == [1.0, 1.0]
+    assert all(r[1] == r[2] == 0.0 < r[0] for r in d["active_by_round"])
+    W = torch.randn(2, 30, 30, generator=torch.Generator().manual_seed(2), dtype=F64) * paper.graph
+    d = recurrence_diagnostics(paper, W, x)
+    assert min(d["h_T_differs"]) == 1.0 and min(d["Wh_vs_Ax"]) > 0.1
+    np.testing.assert_allclose(d["W_std"], [W[n][paper.graph[n] > 0].std(unbiased=False)
+                                            for n in range(2)], rtol=1e-6)

@@ -23,8 +23,10 @@ def recurrence_diagnostics(nets: Networks, W: torch.Tensor, x: torch.Tensor,
     - ``silent_rounds``: fraction of (example, round 2..T) with no positive value;
     - ``active_fraction``: mean fraction of neurons with a positive value in rounds 2..T;
     - ``W_mean`` / ``W_std``: recurrent weights on the graph's edges;
-    - ``Wh_vs_Ax``: mean ||W h_{t-1}|| / ||A x|| over rounds 2..T (the recurrent drive).
-    T = 1 networks have no recurrence: every value is 0.
+    - ``Wh_vs_Ax``: mean ||W h_{t-1}|| / ||A x|| over rounds 2..T (the recurrent drive);
+    - ``active_by_round``: per network, the mean fraction of neurons with a positive value in
+      each round 1..T (a list of T values).
+    T = 1 networks have no recurrence: every value but ``active_by_round`` is 0.
     """
     N = nets.n
     edges = nets.graph.flatten(1).sum(1).clamp_min(1)
@@ -32,15 +34,16 @@ def recurrence_diagnostics(nets: Networks, W: torch.Tensor, x: torch.Tensor,
     w_mean = Wf.sum(1) / edges
     w_var = ((Wf - w_mean[:, None]) ** 2 * nets.graph.flatten(1)).sum(1) / edges
     keys = ("h_T_differs", "h_T_vs_h_1", "silent_rounds", "active_fraction", "Wh_vs_Ax")
-    if nets.T == 1:
-        out = {k: [0.0] * N for k in keys}
-    else:
-        sums = {k: torch.zeros(N, dtype=torch.float64, device=x.device) for k in keys}
-        wt = W.transpose(1, 2)
-        for s in range(0, x.shape[0], batch):
-            xb = x[s:s + batch].unsqueeze(0).expand(N, -1, -1)
-            trace: list = []
-            nets.hidden(xb, W, trace)
+    sums = {k: torch.zeros(N, dtype=torch.float64, device=x.device) for k in keys}
+    by_round = torch.zeros(N, nets.T, dtype=torch.float64, device=x.device)
+    wt = W.transpose(1, 2)
+    for s in range(0, x.shape[0], batch):
+        xb = x[s:s + batch].unsqueeze(0).expand(N, -1, -1)
+        trace: list = []
+        nets.hidden(xb, W, trace)
+        for t, (h, _) in enumerate(trace):
+            by_round[:, t] += (h > 0).to(torch.float64).mean(-1).sum(1)
+        if nets.T > 1:
             h1, hT = trace[0][0], trace[-1][0]
             n1 = h1.norm(dim=-1).clamp_min(1e-12)
             rel = (hT - h1).norm(dim=-1) / n1
@@ -52,7 +55,8 @@ def recurrence_diagnostics(nets: Networks, W: torch.Tensor, x: torch.Tensor,
                 sums["active_fraction"] += pos.mean(-1).sum(1) / (nets.T - 1)
                 wh = torch.bmm(h_prev, wt).norm(dim=-1)
                 sums["Wh_vs_Ax"] += (wh / ax.norm(dim=-1).clamp_min(1e-12)).sum(1) / (nets.T - 1)
-        out = {k: (v / x.shape[0]).tolist() for k, v in sums.items()}
+    out = {k: (v / x.shape[0]).tolist() for k, v in sums.items()}
+    out["active_by_round"] = (by_round / x.shape[0]).tolist()
     out["W_mean"] = w_mean.double().tolist()
     out["W_std"] = w_var.sqrt().double().tolist()
     return out
