@@ -119,10 +119,10 @@ def output_delta(
     N, V = hist.shape
     tab = _batched(table, N)
     r = torch.gather(tab, 1, hist.unsqueeze(-1).expand(N, V, 2)) * scale.view(N, 1, 1)
-    label = torch.nn.functional.one_hot(y, n_classes).to(r.dtype)
+    classes = torch.arange(n_classes, device=y.device)
+    label = (y.unsqueeze(1) == classes).to(r.dtype)  # one-hot, without one_hot's range check
     if rows == "label_pred":
-        other = torch.nn.functional.one_hot(pred, n_classes).to(r.dtype)
-        other = other * (pred != y).to(r.dtype).unsqueeze(1)
+        other = ((pred.unsqueeze(1) == classes) & (pred != y).unsqueeze(1)).to(r.dtype)
     elif rows == "all":
         other = 1.0 - label
     else:
