@@ -47,12 +47,12 @@ def evaluate(nets: Networks, W: torch.Tensor, U: torch.Tensor, x: torch.Tensor, 
 
 
 # Speculative chunks: the cost of one chunk of C examples through a network, in units of the
-# chunk's fixed cost (streaming the weights once per round), is 1 + BETA * C; an update of one
-# network costs UPSILON. Measured on the 2-core Xeon (bench/README.md, "Where the time goes"):
-# at |V| = 1000 a forward pass of C examples costs ~0.35 + 0.1 C ms and an update ~0.5 ms, at
-# |V| = 100-300 (16 networks) the same proportions within a factor of 2. On CUDA the fixed cost
-# is kernel launches and the per-example cost is nearly free (BETA small); not yet measured.
-CHUNK_COSTS = {"cpu": (0.3, 1.5), "cuda": (0.02, 1.0)}  # device type -> (BETA, UPSILON)
+# chunk's fixed cost (streaming the weights once per round 2..T), is 1 + BETA * C; an update of
+# one network costs UPSILON. Measured by bench/device_costs.py on the 2-core Xeon (1 thread,
+# |V| = 1000, T = 3): a = 0.43 ms, b = 0.05 ms per example, an update 0.61 ms. On CUDA the fixed
+# cost is kernel launches and an example is nearly free (BETA small): a guess until
+# bench/device_check.sh has measured it (its JSON holds the suggested constants).
+CHUNK_COSTS = {"cpu": (0.12, 1.4), "cuda": (0.02, 1.0)}  # device type -> (BETA, UPSILON)
 MAX_CHUNK = 512
 SEGMENT = 256  # examples whose first round (independent of W) is computed in one batch
 GROUP_BYTES = 16 * 2**20  # CPU: networks learned together while their weights fit in this
