@@ -56,6 +56,7 @@ CHUNK_COSTS = {"cpu": (0.12, 1.4), "cuda": (0.02, 1.0)}  # device type -> (BETA,
 MAX_CHUNK = 512
 SEGMENT = 256  # examples whose first round (independent of W) is computed in one batch
 GROUP_BYTES = 16 * 2**20  # CPU: networks learned together while their weights fit in this
+SEGMENT_BYTES = 2**30  # any device: at most this much memory for a group's round-1 segment
 
 
 @functools.lru_cache(maxsize=4096)
@@ -107,6 +108,9 @@ class RuleLearner:
         if group <= 0:
             per_net = nets.A.element_size() * nets.neurons * (2 * nets.neurons + nets.A.shape[2])
             group = nets.n if device.type == "cuda" else max(1, GROUP_BYTES // per_net)
+            # and a group's round-1 segment (A x, h_1, histories) stays within SEGMENT_BYTES
+            seg = SEGMENT * nets.neurons * (2 * nets.A.element_size() + 1)
+            group = max(1, min(group, SEGMENT_BYTES // seg))
         self.group = group
 
     def _chunk_size(self, n: int) -> int:
