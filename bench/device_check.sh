@@ -22,6 +22,10 @@ while [ $# -gt 0 ]; do
   esac
   shift
 done
+if ! "$PY" -c "import torch, plasticity" 2>/dev/null; then
+  echo "device_check: $PY cannot import torch and plasticity: set PY to the project's python (make setup)" >&2
+  exit 2
+fi
 if [ "$MODE" = cuda ] && ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
   echo "device_check: no CUDA device here (torch.cuda.is_available() is False); --cpu for the dry run" >&2
   exit 2
