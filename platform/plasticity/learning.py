@@ -10,6 +10,7 @@ one-example-at-a-time loop (``tests/reference.py`` checks this).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -17,7 +18,7 @@ import torch
 
 from .network import Networks
 from .rules import Rule
-from .rules.tables import apply_delta, output_delta, rnn_delta
+from .rules.tables import apply_delta, output_delta
 
 
 @dataclass
@@ -45,85 +46,194 @@ def evaluate(nets: Networks, W: torch.Tensor, U: torch.Tensor, x: torch.Tensor, 
     return correct / max(x.shape[0], 1)
 
 
-class RuleLearner:
-    """Applies a frozen rule to N networks, in place, one example (or one mistake) at a time."""
+# Speculative chunks: the cost of one chunk of C examples through a network, in units of the
+# chunk's fixed cost (streaming the weights once per round 2..T), is 1 + BETA * C; an update of
+# one network costs UPSILON. Measured by bench/device_costs.py on the 2-core Xeon (1 thread,
+# |V| = 1000, T = 3): a = 0.43 ms, b = 0.05 ms per example, an update 0.61 ms. On CUDA the fixed
+# cost is kernel launches and an example is nearly free (BETA small): a guess until
+# bench/device_check.sh has measured it (its JSON holds the suggested constants).
+CHUNK_COSTS = {"cpu": (0.12, 1.4), "cuda": (0.02, 1.0)}  # device type -> (BETA, UPSILON)
+MAX_CHUNK = 512
+SEGMENT = 256  # examples whose first round (independent of W) is computed in one batch
+GROUP_BYTES = 16 * 2**20  # CPU: networks learned together while their weights fit in this
+SEGMENT_BYTES = 2**30  # any device: at most this much memory for a group's round-1 segment
 
-    def __init__(self, nets: Networks, rule: Rule, eta: float, chunk: int = 0):
+
+@functools.lru_cache(maxsize=4096)
+def best_chunk(rate: float, beta: float, upsilon: float, every_network_pays: bool) -> int:
+    """The chunk size C minimising the expected cost per consumed example at update rate ``rate``:
+    (1 + beta C + upsilon P(update)) / E[consumed], with mistakes independent at ``rate``:
+    a chunk consumes up to its first mistake, E = (1 - (1 - rate)^C) / rate, and updates with
+    probability 1 - (1 - rate)^C (or always, ``every_network_pays``: a batch of networks whose
+    update is one batched product over all of them)."""
+    c = np.arange(1, MAX_CHUNK + 1, dtype=np.float64)
+    miss = (1.0 - rate) ** c
+    consumed = (1.0 - miss) / rate
+    update = 1.0 if every_network_pays else 1.0 - miss
+    cost = (1.0 + beta * c + upsilon * update) / consumed
+    return int(c[int(np.argmin(cost))])
+
+
+class RuleLearner:
+    """Applies a frozen rule to N networks, in place, one example (or one mistake) at a time.
+
+    Networks are learned in groups (all N on CUDA; on CPU as many as fit ``GROUP_BYTES``, so
+    16 networks of |V| = 1000 stream each one's weights from cache as one network alone does);
+    the networks of a group run as one batched computation. Every update is exact: the RNN rule's
+    change dW[j, i] = eta * r[h_i, h_j] is the rank-2^T product (eta r^T)[h_post] @ onehot(h_pre)^T
+    added into W by one GEMM (each output entry sums one non-zero product, so it equals the
+    table entry exactly), then W is masked by the graph; updates of some of a group's networks
+    are the same batched product with the others' rows zero (W + 0 = W)."""
+
+    def __init__(self, nets: Networks, rule: Rule, eta: float, chunk: int = 0, group: int = 0):
         rule.check_network(nets.T)
         self.nets, self.rule, self.eta, self.chunk = nets, rule, eta, chunk
         dtype, device = nets.A.dtype, nets.A.device
         self.rnn_table, self.out_table = rule.tables(dtype=dtype, device=device)
+        # every update scales the tables by eta: the products fl(table * eta), once
+        eta_t = torch.tensor(eta, dtype=dtype, device=device)
+        self._out_eta = self.out_table * eta_t  # [S, 2]
+        self._rnn_eta_t = None  # [S_post, S_pre]: (eta r)^T; multiplicative: 1 + eta r
+        if self.rnn_table is not None:
+            t = (self.rnn_table * eta_t).t().contiguous()
+            self._rnn_eta_t = t.add(1.0) if rule.mode == "multiplicative" else t
         self.W, self.U = nets.fresh_weights(rule.mode)
         self.updates = torch.zeros(nets.n, dtype=torch.int64, device=device)
         self.diverged = torch.zeros(nets.n, dtype=torch.bool, device=device)
         self.seen = 0
         self.triggered = 0
+        self._rows = torch.arange(nets.n, device=device)
+        self._states = torch.arange(2**nets.T, device=device).view(1, -1, 1)
+        self.costs = CHUNK_COSTS.get(device.type, CHUNK_COSTS["cpu"])
+        if group <= 0:
+            per_net = nets.A.element_size() * nets.neurons * (2 * nets.neurons + nets.A.shape[2])
+            group = nets.n if device.type == "cuda" else max(1, GROUP_BYTES // per_net)
+            # and a group's round-1 segment (A x, h_1, histories) stays within SEGMENT_BYTES
+            seg = SEGMENT * nets.neurons * (2 * nets.A.element_size() + 1)
+            group = max(1, min(group, SEGMENT_BYTES // seg))
+        self.group = group
 
-    def _chunk_size(self) -> int:
+    def _chunk_size(self, n: int) -> int:
         if self.rule.scheme.update_on == "all":
             return 1
         if self.chunk > 0:
             return self.chunk
         rate = (self.triggered + 1) / (self.seen + 2)  # smoothed update rate per example
-        return int(min(512, max(2, round(1.0 / rate))))
+        return best_chunk(float(f"{rate:.3g}"), *self.costs, n > 1)
 
-    def _update(self, sel: torch.Tensor | None, hist, y, pred) -> None:
-        """Apply one update, in place, to the networks ``sel`` (None = all) from their
-        histories [S, V]. A partial update works on views of each selected network (no copy of
-        the others' weights)."""
-        nets, mode = self.nets, self.rule.mode
-        scale = torch.full((hist.shape[0],), self.eta, dtype=self.W.dtype, device=hist.device)
-        dU = output_delta(self.out_table, hist, y, pred, scale, nets.n_classes,
-                          self.rule.scheme.output_rows)
-        dW = None if self.rnn_table is None else rnn_delta(self.rnn_table, hist, scale)
-        if sel is None:
-            apply_delta(self.U, dU, mode, inplace=True)
-            if dW is not None:
-                apply_delta(self.W, dW, mode, mask=nets.graph, inplace=True)
+    def _update(self, g: slice, hist, y, pred, live: torch.Tensor | None) -> None:
+        """Apply one update, in place, to the networks of group ``g`` from their histories
+        [n, V] (int64); ``live`` [n] (None = all): the networks that update; the others' rows of
+        the batched change are zero, which leaves their weights exactly as they were."""
+        mode, dtype = self.rule.mode, self.W.dtype
+        n = hist.shape[0]
+        rows = self._rows[:n]
+        U = self.U[g]
+        if mode == "additive" and self.rule.scheme.output_rows == "label_pred":
+            # the true-label row + eta r_o[h, 0], the wrongly predicted row + eta r_o[h, 1]: the
+            # two rows output_delta changes, each by the same single product
+            r = self._out_eta[hist]  # [n, V, 2]
+            if live is not None:
+                r = r * live.view(n, 1, 1)
+            U.index_put_((rows, y), r[..., 0], accumulate=True)
+            wrong = pred != y
+            U.index_put_((rows, pred), r[..., 1] * wrong.view(n, 1) if live is not None or
+                         self.rule.scheme.update_on == "all" else r[..., 1], accumulate=True)
+        else:
+            m = torch.ones(n, dtype=dtype, device=hist.device) if live is None else live.to(dtype)
+            dU = output_delta(self._out_eta, hist, y, pred, m, self.nets.n_classes,
+                              self.rule.scheme.output_rows)
+            apply_delta(U, dU, mode, inplace=True)
+        if self._rnn_eta_t is None:
             return
-        for i, n in enumerate(sel.tolist()):
-            apply_delta(self.U[n], dU[i], mode, inplace=True)
-            if dW is not None:
-                apply_delta(self.W[n], dW[i], mode, mask=nets.graph[n], inplace=True)
+        W = self.W[g]
+        P = self._rnn_eta_t[hist]  # [n, V_post, S_pre]
+        Q = (hist.unsqueeze(1) == self._states).to(dtype)  # [n, S_pre, V_pre] one-hot
+        if mode == "additive":
+            if live is not None:
+                P = P * live.view(n, 1, 1)
+            W.baddbmm_(P, Q)  # W[j, i] + eta r[h_i, h_j]
+            W.mul_(self.nets.graph[g])
+        else:
+            if live is not None:
+                P = torch.where(live.view(n, 1, 1), P, 1.0)
+            W.mul_(torch.bmm(P, Q))  # W[j, i] * (1 + eta r[h_i, h_j]); 0 off the graph stays 0
 
     @torch.no_grad()
     def learn(self, x: torch.Tensor, y: torch.Tensor, order: torch.Tensor) -> None:
         """Learn from examples ``order[n, :]`` (indices into x [n_ex, d], y [n_ex]) in sequence."""
-        N, L = order.shape
+        N = order.shape[0]
+        for a in range(0, N, self.group):
+            g = slice(a, min(N, a + self.group))
+            for s in range(0, order.shape[1], SEGMENT):
+                self._learn_segment(g, x, y, order[g, s:s + SEGMENT])
+
+    def _learn_segment(self, g: slice, x, y, order) -> None:
+        """One group of networks learns one segment of its streams: round 1 of every example at
+        once, then speculative chunks through rounds 2..T and the output."""
+        n, L = order.shape
         device = x.device
-        pos = torch.where(self.diverged, L, 0)  # a diverged network learns nothing more
-        all_nets = torch.arange(N, device=device)
+        nets = self.nets.select(g)
+        W, U = self.W[g], self.U[g]
+        pos = torch.where(self.diverged[g], L, 0)  # a diverged network learns nothing more
+        if bool((pos >= L).all()):
+            return
+        ys = y[order]
+        ax, h1, bits1 = nets.first_round(x[order])  # [n, L, V]
         on_all = self.rule.scheme.update_on == "all"
+        if n == 1:
+            self._learn_one(g, nets, W, U, ax, h1, bits1, ys, on_all)
+            return
+        rows_n = self._rows[:n]
         while True:
-            active = all_nets[pos < L]
-            if active.numel() == 0:
-                break
-            full = active.numel() == N
-            C = self._chunk_size()
-            offs = pos[active].unsqueeze(1) + torch.arange(C, device=device)
+            C = self._chunk_size(n)
+            offs = pos.unsqueeze(1) + torch.arange(C, device=device)
             valid = offs < L
-            idx = order[active].gather(1, offs.clamp(max=L - 1))
-            xb, yb = x[idx], y[idx]
-            nets = self.nets if full else self.nets.select(active)
-            W = self.W if full else self.W[active]
-            U = self.U if full else self.U[active]
-            logits, _, hist = nets.forward(xb, W, U)
-            pred = logits.argmax(-1)
+            offs = offs.clamp_(max=L - 1)
+            sel = (rows_n.unsqueeze(1), offs)
+            h, bits = nets.later_rounds(ax[sel], h1[sel], bits1[sel], W)
+            pred = torch.bmm(h, U.transpose(1, 2)).argmax(-1)
+            yb = ys[sel]
             trigger = valid if on_all else (pred != yb) & valid
             has = trigger.any(1)
             first = torch.where(has, trigger.to(torch.int8).argmax(1), valid.sum(1))
             consumed = first + has.to(torch.int64)
-            pos[active] += consumed
-            self.seen += int(consumed.sum())
-            n_trig = int(has.sum())
+            pos += consumed
+            n_trig, n_seen, n_left = torch.stack([has.sum(), consumed.sum(),
+                                                  (pos < L).sum()]).tolist()
+            self.seen += n_seen
             self.triggered += n_trig
-            if n_trig == 0:
-                continue
-            rows = has.nonzero().squeeze(1)
-            f = first[rows]
-            sel = None if (full and n_trig == N) else active[rows]
-            self._update(sel, hist[rows, f], yb[rows, f], pred[rows, f])
-            self.updates[active[rows]] += 1
+            if n_trig:
+                at = (rows_n, first.clamp(max=C - 1))
+                self._update(g, bits[at].to(torch.int64), yb[at], pred[at],
+                             None if n_trig == n else has)
+                self.updates[g] += has
+            if n_left == 0:
+                break
+
+    def _learn_one(self, g: slice, nets, W, U, ax, h1, bits1, ys, on_all: bool) -> None:
+        """``_learn_segment`` for one network: chunks are slices (no gathers)."""
+        L = ys.shape[1]
+        p = 0
+        ut = U.transpose(1, 2)
+        while p < L:
+            C = min(self._chunk_size(1), L - p)
+            h, bits = nets.later_rounds(ax[:, p:p + C], h1[:, p:p + C], bits1[:, p:p + C], W)
+            pred = torch.bmm(h, ut).argmax(-1)[0]
+            if on_all:
+                f = 0
+            else:
+                wrong = (pred != ys[0, p:p + C]).nonzero()
+                if wrong.numel() == 0:
+                    p += C
+                    self.seen += C
+                    continue
+                f = int(wrong[0, 0])
+            p += f + 1
+            self.seen += f + 1
+            self.triggered += 1
+            self._update(g, bits[:, f].to(torch.int64), ys[:, p - 1], pred[f:f + 1], None)
+            self.updates[g] += 1
 
     def check_finite(self) -> torch.Tensor:
         """Mark networks whose weights hold NaN or inf as diverged (they stop learning); [N]."""

@@ -32,13 +32,19 @@ def unroll(nets: Networks, W, U, rnn_table, out_table, xs, ys, *, eta: float, mo
 
     xs: [N, B, d], ys: [N, B]; tables [S, S] / [S, 2] (or with a leading N). Returns (W, U)."""
     N = nets.n
+    # on the CPU a step where no network errs is skipped: its change is exactly zero (W + 0 = W)
+    # and so is its contribution to the gradient; on CUDA the test would cost a sync per step
+    skip_correct = W.device.type != "cuda"
     for t in range(xs.shape[1]):
         logits, _, hist = nets.forward(xs[:, t:t + 1], W, U)
         hist = hist[:, 0]
         pred = logits[:, 0].argmax(-1)
         y = ys[:, t]
         if scheme.update_on == "mistakes":
-            scale = (pred != y).to(W.dtype) * eta
+            wrong = pred != y
+            if skip_correct and not bool(wrong.any()):
+                continue
+            scale = wrong.to(W.dtype) * eta
         else:
             scale = torch.full((N,), eta, dtype=W.dtype, device=W.device)
         dU = output_delta(out_table, hist, y, pred, scale, nets.n_classes, scheme.output_rows)

@@ -32,7 +32,7 @@ def cap(z: torch.Tensor, k: int) -> torch.Tensor:
     if k >= z.shape[-1]:
         return z
     values, idx = torch.topk(z, k, dim=-1, sorted=False)
-    return torch.zeros_like(z).scatter(-1, idx, values)
+    return torch.zeros_like(z).scatter_(-1, idx, values)
 
 
 def topk_mask(r: torch.Tensor, k: int) -> torch.Tensor:
@@ -110,30 +110,47 @@ class Networks:
         (ties broken by index, :func:`topk_mask`), so exactly k neurons fire every round. The
         values h are the same under both; only the histories differ. Histories are T-bit codes
         with the first round as the most significant bit.
+
+        The same computation as :meth:`first_round` then :meth:`later_rounds` (rule-based
+        learning calls them apart: round 1 does not depend on W).
         """
+        ax, h, bits = self.first_round(x, trace)
+        h, bits = self.later_rounds(ax, h, bits, W, trace)
+        return h, bits.to(torch.int64)
+
+    def _fire(self, r: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The cap of one round: (h, fired) from r = ReLU(z)."""
+        if self.firing == "topk":
+            kept = topk_mask(r, self.k)
+            return r * kept, kept
+        h = cap(r, self.k)
+        return h, h > 0
+
+    def first_round(self, x: torch.Tensor, trace: list | None = None):
+        """Round 1, which does not depend on W: x [N, B, d] -> (A x, h_1, histories so far as
+        uint8 [N, B, V])."""
         ax = torch.matmul(x, self.A.transpose(1, 2))
+        h, fired = self._fire(torch.relu(ax))
+        if trace is not None:
+            trace.append((h, ax))
+        return ax, h, fired.to(torch.uint8)
+
+    def later_rounds(self, ax: torch.Tensor, h: torch.Tensor, bits: torch.Tensor, W: torch.Tensor,
+                     trace: list | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rounds 2..T from :meth:`first_round`'s output -> (h_T, histories uint8 [N, B, V])."""
+        if self.T == 1:
+            return h, bits
         wt = W.transpose(1, 2)
-        topk = self.firing == "topk"
-        h = hist = None
-        for t in range(self.T):
-            if t == 0:
-                z = ax
-            elif self.recurrence == "paper":
+        for _ in range(1, self.T):
+            if self.recurrence == "paper":
                 z = torch.baddbmm(ax, h, wt)
             else:
                 z = torch.bmm(h + ax, wt)
-            r = torch.relu(z)
-            if topk:
-                kept = topk_mask(r, self.k)
-                h = r * kept
-            else:
-                h = cap(r, self.k)
-                kept = h > 0
+            h, fired = self._fire(torch.relu(z))
             if trace is not None:
                 trace.append((h, ax))
-            fired = kept.to(torch.int64)
-            hist = fired if t == 0 else hist * 2 + fired
-        return h, hist
+            bits = torch.add(fired, bits, alpha=2)  # 2 * bits + fired, in uint8 (T <= 8)
+        return h, bits
 
     def forward(self, x: torch.Tensor, W: torch.Tensor, U: torch.Tensor):
         """x: [N, B, d] -> (logits [N, B, l], h_T [N, B, V], histories [N, B, V])."""

@@ -103,10 +103,10 @@ def rnn_delta(table: torch.Tensor, hist: torch.Tensor, scale: torch.Tensor) -> t
     N, V = hist.shape
     tab = _batched(table, N) * scale.view(N, 1, 1)
     S = tab.shape[-1]
-    by_pre = torch.gather(tab, 1, hist.unsqueeze(-1).expand(N, V, S))  # [N, V_pre, S]
-    by_post = by_pre.transpose(1, 2).reshape(N * S, V)  # row n*S + s: post history s
+    # row n*S + s: post history s, over presynaptic i: tab[n, hist[n, i], s]
+    by_post = torch.gather(tab.transpose(1, 2), 2, hist.unsqueeze(1).expand(N, S, V))
     rows = hist + torch.arange(N, device=hist.device).unsqueeze(1) * S  # [N, V_post]
-    return by_post.index_select(0, rows.reshape(-1)).view(N, V, V)  # [N, V_post, V_pre]
+    return by_post.reshape(N * S, V).index_select(0, rows.reshape(-1)).view(N, V, V)
 
 
 def output_delta(
@@ -119,10 +119,10 @@ def output_delta(
     N, V = hist.shape
     tab = _batched(table, N)
     r = torch.gather(tab, 1, hist.unsqueeze(-1).expand(N, V, 2)) * scale.view(N, 1, 1)
-    label = torch.nn.functional.one_hot(y, n_classes).to(r.dtype)
+    classes = torch.arange(n_classes, device=y.device)
+    label = (y.unsqueeze(1) == classes).to(r.dtype)  # one-hot, without one_hot's range check
     if rows == "label_pred":
-        other = torch.nn.functional.one_hot(pred, n_classes).to(r.dtype)
-        other = other * (pred != y).to(r.dtype).unsqueeze(1)
+        other = ((pred.unsqueeze(1) == classes) & (pred != y).unsqueeze(1)).to(r.dtype)
     elif rows == "all":
         other = 1.0 - label
     else:
@@ -137,7 +137,7 @@ def apply_delta(w: torch.Tensor, delta: torch.Tensor, mode: str, mask: torch.Ten
     if mode == "additive":
         if inplace:
             return w.addcmul_(delta, mask) if mask is not None else w.add_(delta)
-        return w + (delta * mask if mask is not None else delta)
+        return torch.addcmul(w, delta, mask) if mask is not None else w + delta
     if mode == "multiplicative":
         if inplace:
             return w.mul_(delta.add_(1.0))
