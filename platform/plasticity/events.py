@@ -33,6 +33,10 @@ class Sink:
     def artifact(self, path: Path, subdir: str | None = None) -> None:
         """A file produced by the run (plot, report, result JSON)."""
 
+    def rewind(self, step: int) -> None:
+        """A resumed run continues after ``step`` (its checkpoint): what was logged past it, by
+        the run that was killed, is dropped or not logged again (exactly-once across a kill)."""
+
     def close(self, status: str = "FINISHED") -> None:
         """The run ended (FINISHED, FAILED or KILLED)."""
 
@@ -58,6 +62,10 @@ class FanOut(Sink):
     def artifact(self, path, subdir=None):
         for s in self.sinks:
             s.artifact(path, subdir)
+
+    def rewind(self, step):
+        for s in self.sinks:
+            s.rewind(step)
 
     def close(self, status="FINISHED"):
         for s in self.sinks:

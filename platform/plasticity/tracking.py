@@ -29,6 +29,7 @@ MLflow refuses are replaced by ``_``. Registered rules are named ``<method>-<dat
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -241,19 +242,49 @@ def open_store(uri: str) -> Store:
                 raise refused_error(uri, _refused(exc)) from None
             raise PlasticityError(f"tracking server {uri} is unreachable ({type(exc).__name__}): "
                                   "start it or pass --tracking-uri none") from None
-    elif uri.startswith("sqlite:///"):
+    lock = None
+    if uri.startswith("sqlite:///") and uri != "sqlite:///:memory:":
         path = Path(uri[len("sqlite:///"):])
         if not path.parent.is_dir():
             raise PlasticityError(f"tracking store {uri}: folder {path.parent} does not exist")
-    store = Store(uri)
+        lock = path.with_name(path.name + ".lock")
     try:
-        store.client.search_experiments(max_results=1)  # creates the sqlite schema
+        with _creation_lock(lock, uri):  # one process creates / migrates the schema, others wait
+            store = Store(uri)  # MlflowClient() opens (creates) the store
+            store.client.search_experiments(max_results=1)  # creates the tracking tables
+            store.client.search_registered_models(max_results=1)  # and the registry's
     except PlasticityError:
         raise
     except Exception as exc:  # noqa: BLE001 - any failure here means "unusable store"
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise PlasticityError(f"tracking store {uri} cannot be used: {msg[:200]}") from None
+        fix = (f"move {uri[len('sqlite:///'):]} aside (a new one is created)" if lock
+               else "check the store")
+        raise PlasticityError(f"tracking store {uri} cannot be used ({msg[:200]}): {fix}, or pass "
+                              "another --tracking-uri (none: no tracking)") from None
     return store
+
+
+LOCK_S = 600.0  # how long a process waits for another one creating or migrating the store
+
+
+@contextlib.contextmanager
+def _creation_lock(lock: Path | None, uri: str):
+    """An inter-process lock beside a sqlite store (``mlflow.db.lock``) while the store's schema
+    is created or migrated: MLflow's migrations race otherwise (``duplicate column name``). The
+    lock is an flock: a process that dies holding it releases it."""
+    if lock is None:
+        yield
+        return
+    from filelock import FileLock, Timeout
+
+    wait = float(os.environ.get("PLASTICITY_STORE_LOCK_S", LOCK_S))
+    try:
+        with FileLock(str(lock), timeout=wait):
+            yield
+    except Timeout:
+        raise PlasticityError(f"tracking store {uri}: another process held {lock} for {wait:.0f} s "
+                              "(creating or migrating the store): wait for it to end, or pass "
+                              "another --tracking-uri") from None
 
 
 def _flat(d: dict, prefix: str = "") -> dict[str, str]:
@@ -469,12 +500,62 @@ class MlflowSink(Sink):
         self.client.set_terminated(self.run_id, status)
 
 
-def sink_for_command(uri: str | None, command: str, cfg_tags: dict, out: Path) -> MlflowSink | None:
+class GuardedSink(Sink):
+    """A command's MLflow observer that never costs the command its results: a tracking failure
+    the retries did not cure (the store gone for longer than ``$PLASTICITY_TRACKING_RETRY_S``, a
+    refused request, a broken store) is one warning line, the command goes on untracked and
+    writes its output folder and result.json, and at the end one line says how to log that
+    folder later (``plasticity log OUT``)."""
+
+    def __init__(self, sink: MlflowSink, uri: str, out: Path):
+        self.inner, self.uri, self.out, self.failed = sink, uri, Path(out), None
+
+    @property
+    def run_id(self):
+        return self.inner.run_id
+
+    def _do(self, what: str, *args) -> None:
+        if self.failed is not None:
+            return
+        try:
+            getattr(self.inner, what)(*args)
+        except Exception as exc:  # noqa: BLE001 - a tracking failure never ends the command
+            msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            self.failed = msg[:200]
+            print(f"plasticity: warning: tracking to {self.uri} failed ({what}: {self.failed}); "
+                  "the run goes on untracked", file=sys.stderr)
+
+    def params(self, params):
+        self._do("params", params)
+
+    def metrics(self, metrics, step=None):
+        self._do("metrics", metrics, step)
+
+    def rule(self, name, rule, path=None):
+        self._do("rule", name, rule, path)
+
+    def artifact(self, path, subdir=None):
+        self._do("artifact", path, subdir)
+
+    def rewind(self, step):
+        self._do("rewind", step)
+
+    def close(self, status="FINISHED"):
+        self._do("close", status)
+        if self.failed is not None and (self.out / "events.jsonl").is_file():
+            print(f"plasticity: warning: this run is not (fully) in {self.uri}; its output is in "
+                  f"{self.out}: log it later with `plasticity log {self.out} --tracking-uri "
+                  f"{self.uri}`", file=sys.stderr)
+
+
+def sink_for_command(uri: str | None, command: str, cfg_tags: dict, out: Path) -> GuardedSink | None:
     """The CLI's observer for one command run (``uri`` already resolved; None = off)."""
     if uri is None:
         return None
-    return open_store(uri).sink(command, tags={"plasticity.command": command, **cfg_tags},
-                                out=Path(out).resolve())
+    out = Path(out).resolve()
+    sink = open_store(uri).sink(command, tags={"plasticity.command": command,
+                                               "plasticity.out": str(out), **cfg_tags}, out=out)
+    return GuardedSink(sink, uri, out)
 
 
 _REF = re.compile(r"^models:/([^/]+)/([^/]+)$")
