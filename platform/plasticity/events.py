@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from pathlib import Path
 
@@ -78,6 +79,8 @@ class JsonlSink(Sink):
     def __init__(self, path: Path):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.size0 = self.path.stat().st_size if self.path.is_file() else None  # before this run
+        self.produced = 0  # events other than params and close: what the run has produced
         self._f = self.path.open("a")
 
     def _write(self, kind: str, **payload) -> None:
@@ -86,6 +89,34 @@ class JsonlSink(Sink):
         self._f.write(json.dumps({"t": round(time.time(), 3), "event": kind, **payload},
                                  default=str) + "\n")
         self._f.flush()
+        self.produced += kind not in ("params", "close")
+
+    def discard(self) -> None:
+        """Take back what this run appended (a run refused as bad input before it produced
+        anything): the file as it was before, or no file."""
+        self._f.close()
+        if self.size0 is None:
+            self.path.unlink(missing_ok=True)
+        else:
+            os.truncate(self.path, self.size0)
+
+    def rewind(self, step):
+        """Drop the metric events past ``step`` (logged by a killed run after its checkpoint) and
+        the killed run's ``close``, keeping everything else (an atomic rewrite)."""
+        from .rules.io import atomic_write_text
+
+        self._f.close()
+        keep = []
+        for line in self.path.read_text().splitlines():
+            try:
+                e = json.loads(line)
+            except ValueError:
+                continue  # a line cut off by the kill
+            if e.get("event") == "metrics" and e.get("step") is not None and e["step"] > step:
+                continue
+            keep.append(line)
+        atomic_write_text(self.path, "".join(ln + "\n" for ln in keep))
+        self._f = self.path.open("a")
 
     def params(self, params):
         self._write("params", params=params)

@@ -247,6 +247,9 @@ def open_store(uri: str) -> Store:
         path = Path(uri[len("sqlite:///"):])
         if not path.parent.is_dir():
             raise PlasticityError(f"tracking store {uri}: folder {path.parent} does not exist")
+        if path.is_dir() or (path.is_file() and path.stat().st_size and not _is_sqlite(path)):
+            raise PlasticityError(f"tracking store {uri} cannot be used ({path} is not a sqlite "
+                                  "database): pass another --tracking-uri (none: no tracking)")
         lock = path.with_name(path.name + ".lock")
     try:
         with _creation_lock(lock, uri):  # one process creates / migrates the schema, others wait
@@ -262,6 +265,11 @@ def open_store(uri: str) -> Store:
         raise PlasticityError(f"tracking store {uri} cannot be used ({msg[:200]}): {fix}, or pass "
                               "another --tracking-uri (none: no tracking)") from None
     return store
+
+
+def _is_sqlite(path: Path) -> bool:
+    with path.open("rb") as f:
+        return f.read(16) == b"SQLite format 3\x00"
 
 
 LOCK_S = 600.0  # how long a process waits for another one creating or migrating the store

@@ -49,10 +49,20 @@ def _accuracy(cfg, rule, data, device, n_train: int, n_test: int, networks: int)
                          networks=networks)
 
 
+def _check_address(args) -> None:
+    """An unreachable cluster or a refused token is one line now, not a wait in ray.init."""
+    from .. import ray_cluster
+
+    ray_cluster.check_cluster(getattr(args, "address", None))
+
+
 def cmd_evolve(cfg: EvolutionConfig, args, device: str, sink: Sink) -> dict:
     from ..rules.io import save_rule
-    from .driver import run_evolution
+    from .driver import load_checkpoint, run_evolution
 
+    _check_address(args)
+    if args.resume:
+        load_checkpoint(args.out, cfg)  # nothing to resume, or other settings: one line now
     data = _load(cfg)
     t0 = time.time()
     run = run_evolution(cfg, data, device=device, out=args.out, resume=args.resume, sink=sink,
@@ -166,6 +176,7 @@ def _compare_report(cfg: CompareConfig, runs: list[dict]) -> str:
 def cmd_compare(cfg: CompareConfig, args, device: str, sink: Sink) -> dict:
     from ..rules.io import save_rule
 
+    _check_address(args)
     data = _load(cfg)
     out = Path(args.out)
     t0 = time.time()
