@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -101,3 +102,117 @@ def test_tracking_failure_keeps_the_output_and_plasticity_log_logs_it_later(tmp_
     assert run.data.metrics["meta-train/final_loss"] == result["final_loss"]
     arts = {a.path for a in store.client.list_artifacts(run.info.run_id)}
     assert {"result.json", "events.jsonl", "history.json", "rules"} <= arts
+
+
+# --- 3. SIGKILL + --resume: one MLflow run, every metric step once, events.jsonl exactly-once --
+
+def _checkpoint_generation(out) -> int:
+    try:
+        return json.loads((out / "checkpoint.json").read_text())["generation"]
+    except (OSError, ValueError, KeyError):
+        return 0
+
+
+def _tracked_run_id(out) -> str | None:
+    try:
+        return json.loads((out / "tracking.json").read_text())["run_id"]
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def _step_events(out) -> dict[str, list[int]]:
+    steps: dict[str, list[int]] = {}
+    for line in (out / "events.jsonl").read_text().splitlines():
+        e = json.loads(line)
+        if e["event"] == "metrics" and e["step"] is not None:
+            for k in e["metrics"]:
+                steps.setdefault(k, []).append(e["step"])
+    return steps
+
+
+def test_sigkilled_tracked_evolve_resumes_as_the_same_run_with_every_step_once(tmp_path, capsys):
+    gens = 300
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    out = tmp_path / "evolve"
+    argv = ["evolve", "--preset", "smoke", "--set", f"generations={gens}", "--no-progress",
+            "--seed", "5", "--tracking-uri", uri, "--out", str(out)]
+    proc = subprocess.Popen([sys.executable, "-m", "plasticity", *argv], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, start_new_session=True, env=_env())
+    try:
+        deadline = time.time() + 240
+        # the run is in the store (a first batch flushed) and the checkpoint is well past it
+        while _tracked_run_id(out) is None or _checkpoint_generation(out) < 80:
+            assert proc.poll() is None, f"evolve ended before the kill: {proc.stderr.read()}"
+            assert time.time() < deadline, "no tracked checkpoint in time"
+            time.sleep(0.005)
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    cut = _checkpoint_generation(out)
+    assert 80 <= cut < gens, cut
+    store = open_store(uri)
+    killed_id = _tracked_run_id(out)
+    assert store.client.get_run(killed_id).info.status == "RUNNING"  # what the kill left
+    t0 = time.time()
+    resumed = in_process(capsys, *argv, "--resume", "--json")
+    assert resumed.returncode == 0, resumed.stderr
+    print(f"killed at the checkpoint of generation {cut} of {gens}; resumed in "
+          f"{time.time() - t0:.1f} s")
+    runs = _runs(store)
+    assert [r.info.run_id for r in runs] == [killed_id]  # one run: the killed one, continued
+    run = runs[0]
+    assert run.info.status == "FINISHED"
+    assert run.data.metrics["evolve/generations"] == gens
+    steps = _step_events(out)
+    assert sorted(steps["evolution/loss_best"]) == list(range(1, gens + 1))  # jsonl: once each
+    for key, logged in steps.items():
+        assert sorted(logged) == sorted(set(logged)), key
+        hist = store.client.get_metric_history(killed_id, key)
+        assert sorted(m.step for m in hist) == sorted(logged), key  # MLflow: the same, once each
+    closes = [json.loads(x)["status"] for x in (out / "events.jsonl").read_text().splitlines()
+              if json.loads(x)["event"] == "close"]
+    assert closes == ["FINISHED"]
+
+
+def test_rewind_skips_steps_the_store_holds_and_logs_the_ones_it_lacks(tmp_path):
+    """The killed run had flushed steps 1-3 and 6-7 (6-7 past its checkpoint at 5; 4-5 were
+    still buffered at the kill): after rewind(5) with the checkpoint's history and a resumed
+    run logging 6-10, the store holds 1-10 once each."""
+    store = open_store(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    killed = store.sink("killed", experiment="unit")
+    for s in (1, 2, 3, 6, 7):
+        killed.metrics({"m/a": s}, step=s)
+    killed._flush_metrics()
+    resumed = store.sink("killed", experiment="unit", run_id=killed.run_id)
+    resumed.reopen_on_start = True
+    resumed.rewind(5, [({"m/a": s}, s) for s in range(1, 6)])
+    for s in range(6, 11):
+        resumed.metrics({"m/a": s}, step=s)
+    resumed.close()
+    hist = store.client.get_metric_history(killed.run_id, "m/a")
+    assert sorted((m.step, m.value) for m in hist) == [(s, float(s)) for s in range(1, 11)]
+    assert store.client.get_run(killed.run_id).info.status == "FINISHED"
+    assert len(_runs(store, "unit")) == 1
+
+
+def test_create_run_retried_after_a_lost_reply_makes_one_run(tmp_path, monkeypatch):
+    import requests
+
+    store = open_store(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    real = store.client.raw.create_run
+    calls = []
+
+    def lost_reply(*args, **kw):
+        calls.append(1)
+        real(*args, **kw)  # the store made the run ...
+        if len(calls) == 1:
+            raise requests.ConnectionError("Connection reset by peer")  # ... its reply was lost
+        raise AssertionError("a second create_run")
+
+    monkeypatch.setattr(store.client.raw, "create_run", lost_reply)
+    sink = store.sink("lost", experiment="unit")
+    run_id = sink.start()
+    sink.close()
+    runs = _runs(store, "unit")
+    assert calls == [1] and [r.info.run_id for r in runs] == [run_id]
+    assert runs[0].info.status == "FINISHED"

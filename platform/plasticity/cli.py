@@ -231,7 +231,8 @@ def tracking_sink(args, name: str, cfg) -> Sink | None:
         return None
     from .tracking import sink_for_command
 
-    return sink_for_command(uri, name, {"plasticity.preset": args.preset or "-"}, args.out)
+    return sink_for_command(uri, name, {"plasticity.preset": args.preset or "-"}, args.out,
+                            resume=bool(getattr(args, "resume", False)))
 
 
 def run(argv: list[str] | None = None) -> int:

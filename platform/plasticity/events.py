@@ -34,9 +34,10 @@ class Sink:
     def artifact(self, path: Path, subdir: str | None = None) -> None:
         """A file produced by the run (plot, report, result JSON)."""
 
-    def rewind(self, step: int) -> None:
-        """A resumed run continues after ``step`` (its checkpoint): what was logged past it, by
-        the run that was killed, is dropped or not logged again (exactly-once across a kill)."""
+    def rewind(self, step: int, history: list[tuple[dict, int]] = ()) -> None:
+        """A resumed run continues after ``step`` (its checkpoint): what the killed run logged
+        past it is dropped or not logged again, and the points of ``history`` (``(metrics,
+        step)``, the checkpoint's) the sink lacks are logged: exactly-once across a kill."""
 
     def close(self, status: str = "FINISHED") -> None:
         """The run ended (FINISHED, FAILED or KILLED)."""
@@ -64,9 +65,9 @@ class FanOut(Sink):
         for s in self.sinks:
             s.artifact(path, subdir)
 
-    def rewind(self, step):
+    def rewind(self, step, history=()):
         for s in self.sinks:
-            s.rewind(step)
+            s.rewind(step, history)
 
     def close(self, status="FINISHED"):
         for s in self.sinks:
@@ -100,23 +101,30 @@ class JsonlSink(Sink):
         else:
             os.truncate(self.path, self.size0)
 
-    def rewind(self, step):
-        """Drop the metric events past ``step`` (logged by a killed run after its checkpoint) and
-        the killed run's ``close``, keeping everything else (an atomic rewrite)."""
+    def rewind(self, step, history=()):
+        """Drop the metric events past ``step`` (logged by the killed run after its checkpoint)
+        and lines cut off by the kill (an atomic rewrite), then append the points of ``history``
+        (``(metrics, step)`` up to the checkpoint) the file lacks: every step once."""
         from .rules.io import atomic_write_text
 
         self._f.close()
-        keep = []
+        keep, held = [], set()
         for line in self.path.read_text().splitlines():
             try:
                 e = json.loads(line)
             except ValueError:
-                continue  # a line cut off by the kill
-            if e.get("event") == "metrics" and e.get("step") is not None and e["step"] > step:
                 continue
+            if e.get("event") == "metrics" and e.get("step") is not None:
+                if e["step"] > step:
+                    continue
+                held.update((k, e["step"]) for k in e.get("metrics", {}))
             keep.append(line)
         atomic_write_text(self.path, "".join(ln + "\n" for ln in keep))
         self._f = self.path.open("a")
+        for metrics, s in history:
+            missing = {k: v for k, v in metrics.items() if (k, s) not in held}
+            if missing:
+                self.metrics(missing, s)
 
     def params(self, params):
         self._write("params", params=params)

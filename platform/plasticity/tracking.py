@@ -39,6 +39,7 @@ import shutil
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
 from . import PlasticityError
@@ -132,30 +133,30 @@ class RetryingClient:
         attr = getattr(self.raw, name)
         if not callable(attr):
             return attr
+        return lambda *args, **kw: self.retry(name, attr, *args, **kw)
 
-        def call(*args, **kw):
-            deadline, delay, failed = time.monotonic() + self.retry_s, 0.5, False
-            while True:
-                try:
-                    out = attr(*args, **kw)
-                    if failed:
-                        print("plasticity: tracking store reachable again", file=sys.stderr)
-                    return out
-                except Exception as exc:
-                    code = _refused(exc)
-                    if code:
-                        raise refused_error(self.uri, code) from None
-                    if not _transient(exc) or time.monotonic() + delay > deadline:
-                        raise
-                    if not failed:
-                        print(f"plasticity: warning: tracking store unavailable ({name}: "
-                              f"{str(exc).splitlines()[0][:120]}); retrying for up to "
-                              f"{self.retry_s:.0f} s", file=sys.stderr)
-                    failed = True
-                    time.sleep(delay)
-                    delay = min(2 * delay, 15.0)
-
-        return call
+    def retry(self, name: str, attr, *args, **kw):
+        """``attr(*args, **kw)`` retried as every client call is (``name`` for the warning)."""
+        deadline, delay, failed = time.monotonic() + self.retry_s, 0.5, False
+        while True:
+            try:
+                out = attr(*args, **kw)
+                if failed:
+                    print("plasticity: tracking store reachable again", file=sys.stderr)
+                return out
+            except Exception as exc:
+                code = _refused(exc)
+                if code:
+                    raise refused_error(self.uri, code) from None
+                if not _transient(exc) or time.monotonic() + delay > deadline:
+                    raise
+                if not failed:
+                    print(f"plasticity: warning: tracking store unavailable ({name}: "
+                          f"{str(exc).splitlines()[0][:120]}); retrying for up to "
+                          f"{self.retry_s:.0f} s", file=sys.stderr)
+                failed = True
+                time.sleep(delay)
+                delay = min(2 * delay, 15.0)
 
 
 def resolve_uri(uri: str | None) -> str | None:
@@ -331,26 +332,87 @@ class MlflowSink(Sink):
         self._step = 0
         self.registered: list[tuple[str, str]] = []
         self.closed = False
+        # the run's key (tag plasticity.run_key): a create-run retried after a lost reply finds
+        # the run it made; a resumed command finds its run by it (``state_file``: tracking.json)
+        self.run_key = uuid.uuid4().hex
+        self.state_file: Path | None = None
+        self.reopen_on_start = False  # a resumed run: RUNNING again when it logs
+        self._started = False
+        self._held: dict[str, set] = {}  # after rewind: steps the store holds past the checkpoint
 
     # --- run life cycle -------------------------------------------------------------------
+    def find_run(self, key: str | None = None):
+        """The run of this experiment tagged ``plasticity.run_key = key`` (default: ours)."""
+        runs = self.client.search_runs([self.experiment_id], max_results=1, filter_string=
+                                       f"tags.`plasticity.run_key` = '{key or self.run_key}'")
+        return runs[0] if runs else None
+
+    def _write_state(self) -> None:
+        if self.state_file is not None:
+            from .rules.io import atomic_write_text
+
+            atomic_write_text(self.state_file, json.dumps(
+                {"tracking_uri": self.store.uri, "run_key": self.run_key, "run_id": self.run_id}))
+
+    def _create(self, tags: dict) -> str:
+        """create_run, retried on transient errors; a retry first looks for the run the earlier
+        request may have made (stored, reply lost), so a lost reply never makes a second run."""
+        tried = []
+
+        def once():
+            if tried:
+                found = self.client.raw.search_runs(
+                    [self.experiment_id], max_results=1,
+                    filter_string=f"tags.`plasticity.run_key` = '{self.run_key}'")
+                if found:
+                    return found[0].info.run_id
+            tried.append(1)
+            return self.client.raw.create_run(self.experiment_id, run_name=self.run_name,
+                                              tags=tags).info.run_id
+
+        return self.client.retry("create_run", once)
+
     def start(self) -> str:
         """Create the run now (normally it is created on the first metric, rule or artifact)."""
         if self.run_id is None:
-            tags = dict(self.tags)
+            tags = {**self.tags, "plasticity.run_key": self.run_key}
             if self.parent_run_id:
                 tags["mlflow.parentRunId"] = self.parent_run_id
-            run = self.client.create_run(self.experiment_id, run_name=self.run_name, tags=tags)
-            self.run_id = run.info.run_id
-        else:
+            self._write_state()  # the key first: a kill during create_run still finds the run
+            self.run_id = self._create(tags)
+            self._write_state()
+        elif not self._started:
             existing = self.client.get_run(self.run_id).data.params
             self._logged.update(existing)
+            if self.reopen_on_start:
+                self.client.update_run(self.run_id, status="RUNNING")
+        self._started = True
         self._flush_params()
         return self.run_id
 
+    def rewind(self, step: int, history: list[tuple[dict, int]] = ()) -> None:
+        """Resumed after ``step``: the points the killed run logged past it are not logged again
+        (MLflow cannot take them back: the store's ones stay), and the points of ``history``
+        (``(metrics, step)`` up to the checkpoint) that never reached the store (buffered at the
+        kill) are logged now. Every (key, step) ends in the store once."""
+        if self.run_id is None:
+            for metrics, s in history:
+                self.metrics(metrics, s)
+            return
+        self.start()
+        held: dict[str, set] = {}
+        for key in self.client.get_run(self.run_id).data.metrics:
+            held[key] = {m.step for m in self.client.get_metric_history(self.run_id, key)}
+        self._held = {k: {s for s in v if s > step} for k, v in held.items()}
+        for metrics, s in history:
+            missing = {k: v for k, v in metrics.items() if s not in held.get(metric_key(k), ())}
+            if missing:
+                self.metrics(missing, s)
+
     def reopen(self) -> None:
         """Mark an existing run RUNNING again (a resumed sweep's parent)."""
+        self.reopen_on_start = True
         self.start()
-        self.client.update_run(self.run_id, status="RUNNING")
 
     def delete(self) -> None:
         """Soft-delete the run (a trial that will be run again): it leaves the default views."""
@@ -359,7 +421,7 @@ class MlflowSink(Sink):
         self.closed = True
 
     def _flush_params(self) -> None:
-        if self.run_id is None:
+        if not self._started:
             return
         new = {k: v for k, v in self._params.items() if k not in self._logged}
         for chunk in _chunks(sorted(new.items()), _limits.MAX_PARAMS_TAGS_PER_BATCH):
@@ -368,7 +430,7 @@ class MlflowSink(Sink):
         self._params.clear()
 
     def _flush_metrics(self) -> None:
-        if self.run_id is None:
+        if not self._started:
             self.start()
         while self._metrics:  # a batch leaves the buffer only once the store has it
             chunk = self._metrics[:_limits.MAX_METRICS_PER_BATCH]
@@ -416,8 +478,11 @@ class MlflowSink(Sink):
                 v = float(v)
             except (TypeError, ValueError):
                 continue
-            self._metrics.append(Metric(metric_key(k), v if math.isfinite(v) else float("nan"),
-                                        now, self._step))
+            key = metric_key(k)
+            if self._step in self._held.get(key, ()):
+                continue  # logged by the killed run this one resumes: once is enough
+            self._metrics.append(Metric(key, v if math.isfinite(v) else float("nan"), now,
+                                        self._step))
         if time.time() >= self._retry_at and (len(self._metrics) >= _limits.MAX_METRICS_PER_BATCH
                                                or time.time() - self._last_flush > self.FLUSH_S):
             self._try_flush_metrics()
@@ -494,8 +559,9 @@ class MlflowSink(Sink):
         if self.closed:
             return
         self.closed = True
-        if self.run_id is None and status != "FINISHED":
-            return  # failed before producing anything: leave no half-written run
+        if not self._started and status != "FINISHED":
+            return  # failed before producing anything: leave no half-written run (a resumed
+            # run that was refused stays as the kill left it, for the next --resume)
         self._result_metrics()
         self._flush_metrics()
         self._flush_params()
@@ -545,8 +611,8 @@ class GuardedSink(Sink):
     def artifact(self, path, subdir=None):
         self._do("artifact", path, subdir)
 
-    def rewind(self, step):
-        self._do("rewind", step)
+    def rewind(self, step, history=()):
+        self._do("rewind", step, history)
 
     def close(self, status="FINISHED"):
         self._do("close", status)
@@ -556,13 +622,30 @@ class GuardedSink(Sink):
                   f"{self.uri}`", file=sys.stderr)
 
 
-def sink_for_command(uri: str | None, command: str, cfg_tags: dict, out: Path) -> GuardedSink | None:
-    """The CLI's observer for one command run (``uri`` already resolved; None = off)."""
+STATE = "tracking.json"  # in a command's output folder: its run's key and id
+
+
+def sink_for_command(uri: str | None, command: str, cfg_tags: dict, out: Path,
+                     resume: bool = False) -> GuardedSink | None:
+    """The CLI's observer for one command run (``uri`` already resolved; None = off). The run's
+    key is written to ``<out>/tracking.json`` when the run is made; ``resume``: the run of that
+    key (the killed one) is continued, RUNNING again and FINISHED at the end, not a new run."""
     if uri is None:
         return None
     out = Path(out).resolve()
     sink = open_store(uri).sink(command, tags={"plasticity.command": command,
                                                "plasticity.out": str(out), **cfg_tags}, out=out)
+    sink.state_file = out / STATE
+    if resume and sink.state_file.is_file():
+        try:
+            state = json.loads(sink.state_file.read_text())
+            sink.run_key = str(state["run_key"])
+        except (OSError, ValueError, KeyError, TypeError):
+            state = None
+        if state is not None:
+            run = sink.find_run()
+            if run is not None:
+                sink.run_id, sink.reopen_on_start = run.info.run_id, True
     return GuardedSink(sink, uri, out)
 
 
