@@ -112,6 +112,21 @@ def test_killed_sweep_resumes_without_rerunning_finished_trials(ray_local, tmp_p
     assert sorted(c.data.tags["trial_id"] for c in children) == sorted(
         p.parent.name for p in out.glob("trials/*/DONE.json"))
     assert all(c.info.status == "FINISHED" and "meta/loss" in c.data.metrics for c in children)
+    # one sweep run (the killed one, continued), FINISHED; every trial's steps once in MLflow
+    # and in its events.jsonl (a trial cut off by the kill ran again from its start)
+    store = open_store(uri)
+    exp = store.client.get_experiment_by_name("plasticity").experiment_id
+    sweeps = store.client.search_runs([exp], "tags.`plasticity.command` = 'sweep'")
+    assert [r.info.run_id for r in sweeps] == [result["parent_run_id"]]
+    assert sweeps[0].info.status == "FINISHED"
+    steps = list(range(1, SMOKE_STEPS + 1))
+    for c in children:
+        hist = store.client.get_metric_history(c.info.run_id, "meta/loss")
+        assert sorted(m.step for m in hist) == steps, c.data.tags["trial_id"]
+        events = [json.loads(line) for line in
+                  (out / "trials" / c.data.tags["trial_id"] / "events.jsonl").read_text().splitlines()]
+        assert sorted(e["step"] for e in events if e["event"] == "metrics"
+                      and "meta/loss" in e["metrics"]) == steps
 
 
 @pytest.mark.parametrize("args, needle", [
