@@ -257,7 +257,7 @@ def _bad_inputs() -> list:
         for f in ("{text}", "{pt}", "{rulefile}", "{folder}", "missing.pt", "{tensors}"):
             cases.append(pytest.param(["attack", "--preset", "smoke", "--set", f"{field}={f}"],
                                       "network file", id=f"attack-{field}-{f}"))
-    for cmd in (["evolve", "--preset", "smoke"], ["sweep", "smoke"]):
+    for cmd in (["evolve", "--preset", "smoke"], ["compare", "--preset", "smoke"], ["sweep", "smoke"]):
         cases.append(pytest.param([*cmd, "--resume", "--out", "{empty}"], "resume",
                                   id=f"{cmd[0]}-resume-nothing"))
     cases.append(pytest.param(["evolve", "--preset", "smoke", "--resume", "--out", "{junk}"],

@@ -216,3 +216,46 @@ def test_create_run_retried_after_a_lost_reply_makes_one_run(tmp_path, monkeypat
     runs = _runs(store, "unit")
     assert calls == [1] and [r.info.run_id for r in runs] == [run_id]
     assert runs[0].info.status == "FINISHED"
+
+
+def test_sigkilled_tracked_compare_resumes_as_the_same_run_with_every_step_once(tmp_path, capsys):
+    """Killed during the second seed's evolution (the first seed's evolution and GD logged):
+    the resume continues seed 6 from its checkpoint, runs seed 5's GD again without logging it
+    twice, and ends as the killed run, FINISHED, with the result of an uninterrupted run."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    out = tmp_path / "compare"
+    argv = ["compare", "--preset", "smoke", "--set", "seeds=2", "--set", "generations=60",
+            "--no-progress", "--seed", "5", "--tracking-uri", uri, "--out", str(out)]
+    proc = subprocess.Popen([sys.executable, "-m", "plasticity", *argv], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, start_new_session=True, env=_env())
+    try:
+        deadline = time.time() + 300
+        while _tracked_run_id(out) is None or _checkpoint_generation(out / "seed6") < 10:
+            assert proc.poll() is None, f"compare ended before the kill: {proc.stderr.read()}"
+            assert time.time() < deadline, "no checkpoint of the second seed in time"
+            time.sleep(0.005)
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    killed_id = _tracked_run_id(out)
+    resumed = in_process(capsys, *argv, "--resume", "--json")
+    assert resumed.returncode == 0, resumed.stderr
+    whole = in_process(capsys, *[a if a != str(out) else str(tmp_path / "whole") for a in argv],
+                       "--tracking-uri", "none", "--json")
+    assert whole.returncode == 0, whole.stderr
+    a, b = json.loads(whole.stdout), json.loads(resumed.stdout)
+    for name in ("evolution", "gd"):
+        assert [r[name]["output_table"] for r in a["runs"]] == [r[name]["output_table"]
+                                                               for r in b["runs"]]
+        assert [r[name]["test_accuracy"] for r in a["runs"]] == [r[name]["test_accuracy"]
+                                                                for r in b["runs"]]
+    store = open_store(uri)
+    runs = _runs(store)
+    assert [r.info.run_id for r in runs] == [killed_id] and runs[0].info.status == "FINISHED"
+    steps = _step_events(out)
+    for seed in (5, 6):
+        assert sorted(steps[f"compare/seed{seed}/evolution/loss_best"]) == list(range(1, 61))
+    for key, logged in steps.items():
+        assert sorted(logged) == sorted(set(logged)), key
+        hist = store.client.get_metric_history(killed_id, key)
+        assert sorted(m.step for m in hist) == sorted(logged), key

@@ -34,10 +34,11 @@ class Sink:
     def artifact(self, path: Path, subdir: str | None = None) -> None:
         """A file produced by the run (plot, report, result JSON)."""
 
-    def rewind(self, step: int, history: list[tuple[dict, int]] = ()) -> None:
+    def rewind(self, step: int, history: list[tuple[dict, int]] = (), prefix: str = "") -> None:
         """A resumed run continues after ``step`` (its checkpoint): what the killed run logged
-        past it is dropped or not logged again, and the points of ``history`` (``(metrics,
-        step)``, the checkpoint's) the sink lacks are logged: exactly-once across a kill."""
+        past it (metrics whose names start with ``prefix``) is dropped or not logged again, and
+        the points of ``history`` (``(metrics, step)``, the checkpoint's) the sink lacks are
+        logged: exactly-once across a kill."""
 
     def close(self, status: str = "FINISHED") -> None:
         """The run ended (FINISHED, FAILED or KILLED)."""
@@ -65,9 +66,9 @@ class FanOut(Sink):
         for s in self.sinks:
             s.artifact(path, subdir)
 
-    def rewind(self, step, history=()):
+    def rewind(self, step, history=(), prefix=""):
         for s in self.sinks:
-            s.rewind(step, history)
+            s.rewind(step, history, prefix)
 
     def close(self, status="FINISHED"):
         for s in self.sinks:
@@ -101,10 +102,11 @@ class JsonlSink(Sink):
         else:
             os.truncate(self.path, self.size0)
 
-    def rewind(self, step, history=()):
-        """Drop the metric events past ``step`` (logged by the killed run after its checkpoint)
-        and lines cut off by the kill (an atomic rewrite), then append the points of ``history``
-        (``(metrics, step)`` up to the checkpoint) the file lacks: every step once."""
+    def rewind(self, step, history=(), prefix=""):
+        """Drop the metrics (keys starting with ``prefix``) past ``step`` that the killed run
+        logged after its checkpoint, and lines cut off by the kill (an atomic rewrite), then
+        append the points of ``history`` (``(metrics, step)`` up to the checkpoint) the file
+        lacks: every step once."""
         from .rules.io import atomic_write_text
 
         self._f.close()
@@ -115,9 +117,13 @@ class JsonlSink(Sink):
             except ValueError:
                 continue
             if e.get("event") == "metrics" and e.get("step") is not None:
-                if e["step"] > step:
+                metrics = {k: v for k, v in e.get("metrics", {}).items()
+                           if not (k.startswith(prefix) and e["step"] > step)}
+                if not metrics:
                     continue
-                held.update((k, e["step"]) for k in e.get("metrics", {}))
+                if len(metrics) < len(e.get("metrics", {})):
+                    line = json.dumps({**e, "metrics": metrics})
+                held.update((k, e["step"]) for k in metrics)
             keep.append(line)
         atomic_write_text(self.path, "".join(ln + "\n" for ln in keep))
         self._f = self.path.open("a")

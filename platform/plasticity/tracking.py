@@ -390,7 +390,7 @@ class MlflowSink(Sink):
         self._flush_params()
         return self.run_id
 
-    def rewind(self, step: int, history: list[tuple[dict, int]] = ()) -> None:
+    def rewind(self, step: int, history: list[tuple[dict, int]] = (), prefix: str = "") -> None:
         """Resumed after ``step``: the points the killed run logged past it are not logged again
         (MLflow cannot take them back: the store's ones stay), and the points of ``history``
         (``(metrics, step)`` up to the checkpoint) that never reached the store (buffered at the
@@ -403,7 +403,8 @@ class MlflowSink(Sink):
         held: dict[str, set] = {}
         for key in self.client.get_run(self.run_id).data.metrics:
             held[key] = {m.step for m in self.client.get_metric_history(self.run_id, key)}
-        self._held = {k: {s for s in v if s > step} for k, v in held.items()}
+        self._held.update({k: {s for s in v if s > step} for k, v in held.items()
+                           if k.startswith(metric_key(prefix))})
         for metrics, s in history:
             missing = {k: v for k, v in metrics.items() if s not in held.get(metric_key(k), ())}
             if missing:
@@ -611,8 +612,8 @@ class GuardedSink(Sink):
     def artifact(self, path, subdir=None):
         self._do("artifact", path, subdir)
 
-    def rewind(self, step, history=()):
-        self._do("rewind", step, history)
+    def rewind(self, step, history=(), prefix=""):
+        self._do("rewind", step, history, prefix)
 
     def close(self, status="FINISHED"):
         self._do("close", status)
