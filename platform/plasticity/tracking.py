@@ -21,6 +21,14 @@
   ``~/.mlflow/credentials``), as MLflow does. A refusal (401 bad credentials, 403 no permission) is
   never retried: it is one line naming the fix (exit 2), and since the store is opened before a
   command runs, a refused run writes nothing.
+- Many writers: a sqlite store's schema is created or migrated under an inter-process file lock
+  (``mlflow.db.lock`` beside it); the other processes wait for it. A failure during a command
+  that the retries do not cure (a refusal included) is one warning: the command keeps its output
+  and is told how to log it later (``plasticity log OUT``, :class:`GuardedSink`).
+- Runs that resume as themselves: every run has a key tag (``plasticity.run_key``, also written
+  to ``OUT/tracking.json`` before the run is made): a create-run retried after a lost reply finds
+  the run instead of making another, and ``--resume`` continues the killed command's run, every
+  metric step once (:meth:`MlflowSink.rewind`).
 
 Metric names (documented in the README): ``<family>/<name>``, e.g. ``meta/loss``,
 ``transfer/mnist/large_T1``, ``evolution/loss_best``, ``attack/pgd_linf/eps_0.3``; characters
@@ -395,11 +403,7 @@ class MlflowSink(Sink):
         (MLflow cannot take them back: the store's ones stay), and the points of ``history``
         (``(metrics, step)`` up to the checkpoint) that never reached the store (buffered at the
         kill) are logged now. Every (key, step) ends in the store once."""
-        if self.run_id is None:
-            for metrics, s in history:
-                self.metrics(metrics, s)
-            return
-        self.start()
+        self._flush_metrics()  # (makes the run if need be) the store holds what we logged
         held: dict[str, set] = {}
         for key in self.client.get_run(self.run_id).data.metrics:
             held[key] = {m.step for m in self.client.get_metric_history(self.run_id, key)}
