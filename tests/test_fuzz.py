@@ -215,3 +215,92 @@ def test_oversized_rule_file_is_refused_unread(tmp_path):
         f.write("[" + "0," * (9 * 2**20) + "0]")
     with pytest.raises(PlasticityError, match="bytes"):
         load_rule(path)
+
+
+# ---------------------------------------------------------------- every command x every flag
+
+def _every_command() -> list[list[str]]:
+    from plasticity.cli import all_commands
+
+    return [[name, "--preset", "smoke"] for name in all_commands()] + [
+        ["study", "fig3", "--preset", "smoke"], ["sweep", "smoke"], ["reproduce"]]
+
+
+def _tree(root) -> set[str]:
+    return {str(p.relative_to(root)) for p in root.rglob("*")}
+
+
+def _bad_inputs() -> list:
+    """(command line, what the error line must name), each with the fixtures' files below."""
+    cases = []
+    for cmd in _every_command():
+        name = cmd[0] if cmd[0] != "study" else "study"
+        cases.append(pytest.param([*cmd, "--out", "{file}"], "is a file", id=f"{name}-out-file"))
+        cases.append(pytest.param([*cmd, "--out", "{file}/sub"], "a file", id=f"{name}-out-in-file"))
+        cases.append(pytest.param([*cmd, "--tracking-uri", "ftp://nowhere"], "not supported",
+                                  id=f"{name}-tracking-scheme"))
+    for uri, needle in (("sqlite:////no/such/folder/m.db", "does not exist"),
+                        ("http://127.0.0.1:9", "unreachable"), ("http://", "unreachable"),
+                        ("mlflow.db", "not supported"), ("sqlite:///{file}", "cannot be used"),
+                        ("postgresql://127.0.0.1:9/db", "cannot be used")):
+        cases.append(pytest.param(["train", "--preset", "smoke", "--tracking-uri", uri], needle,
+                                  id=f"train-tracking-{uri}"))
+    for rule, needle in (("missing.json", "missing.json"), ("{text}", "{text}"),
+                         ("{folder}", "{folder}"), ("{pt}", "{pt}"), ("no_such_rule", "no_such_rule")):
+        cases.append(pytest.param(["train", "--preset", "smoke", "--rule", rule], needle,
+                                  id=f"train-rule-{rule}"))
+        cases.append(pytest.param(["attack", "--preset", "smoke", "--set", f"rule={rule}", "--set",
+                                   "train=rule"], needle, id=f"attack-rule-{rule}"))
+    cases.append(pytest.param(["transfer", "--preset", "smoke", "--set", "sources=perceptron,{text}"],
+                              "{text}", id="transfer-sources-text"))
+    for field in ("load", "surrogate"):
+        for f in ("{text}", "{pt}", "{rulefile}", "{folder}", "missing.pt", "{tensors}"):
+            cases.append(pytest.param(["attack", "--preset", "smoke", "--set", f"{field}={f}"],
+                                      "network file", id=f"attack-{field}-{f}"))
+    for cmd in (["evolve", "--preset", "smoke"], ["compare", "--preset", "smoke"], ["sweep", "smoke"]):
+        cases.append(pytest.param([*cmd, "--resume", "--out", "{empty}"], "resume",
+                                  id=f"{cmd[0]}-resume-nothing"))
+    cases.append(pytest.param(["evolve", "--preset", "smoke", "--resume", "--out", "{junk}"],
+                              "resume", id="evolve-resume-junk-checkpoint"))
+    for cmd in (["evolve", "--preset", "smoke"], ["evolve", "--preset", "smoke", "--set",
+                                                  "workers=2"],
+                ["compare", "--preset", "smoke"], ["sweep", "smoke"]):
+        cases.append(pytest.param([*cmd, "--address", "127.0.0.1:9"], "cannot reach the Ray cluster",
+                                  id=f"{'-'.join(cmd[::2])}-address"))
+    return cases
+
+
+@pytest.mark.parametrize("argv, needle", _bad_inputs())
+def test_bad_input_to_any_command_is_one_line_exit_2_fast_and_writes_nothing(
+        argv, needle, tmp_path, monkeypatch):
+    """Files, folders, stores and clusters that are not what a flag needs: one line naming it,
+    exit 2, within seconds, and nothing new in the folder (no runs/<command>-<time>/events.jsonl
+    either: the command runs in ``tmp_path``, where its default --out would go)."""
+    import time
+
+    import torch
+
+    files = {"file": tmp_path / "a_file", "text": tmp_path / "notes.txt", "folder": tmp_path / "dir",
+             "pt": tmp_path / "garbage.pt", "rulefile": tmp_path / "rule.json",
+             "empty": tmp_path / "empty", "junk": tmp_path / "junk", "tensors": tmp_path / "t.pt"}
+    files["file"].write_text("a file, not a folder\n")
+    files["text"].write_text("not a rule, not a network\n")
+    files["folder"].mkdir()
+    files["pt"].write_bytes(bytes(range(256)) * 8)
+    files["rulefile"].write_text(json.dumps(rule_to_dict(classic_rule("perceptron", 1))))
+    torch.save({"W": torch.zeros(3), "k": "five"}, files["tensors"])  # tensors, not a network
+    files["empty"].mkdir()
+    files["junk"].mkdir()
+    (files["junk"] / "checkpoint.json").write_text('{"format": "something else"}')
+    argv = [a.format(**files) for a in argv]
+    needle = needle.format(**files)
+    monkeypatch.chdir(tmp_path)
+    before = _tree(tmp_path)
+    t0 = time.time()
+    code, err = _run_cli([*argv, "--no-progress"] if argv[0] != "sweep" else argv)
+    seconds = time.time() - t0
+    assert code == 2, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert needle in err, err
+    assert seconds < 30, f"{seconds:.1f} s"
+    assert _tree(tmp_path) == before, _tree(tmp_path) - before

@@ -112,6 +112,21 @@ def test_killed_sweep_resumes_without_rerunning_finished_trials(ray_local, tmp_p
     assert sorted(c.data.tags["trial_id"] for c in children) == sorted(
         p.parent.name for p in out.glob("trials/*/DONE.json"))
     assert all(c.info.status == "FINISHED" and "meta/loss" in c.data.metrics for c in children)
+    # one sweep run (the killed one, continued), FINISHED; every trial's steps once in MLflow
+    # and in its events.jsonl (a trial cut off by the kill ran again from its start)
+    store = open_store(uri)
+    exp = store.client.get_experiment_by_name("plasticity").experiment_id
+    sweeps = store.client.search_runs([exp], "tags.`plasticity.command` = 'sweep'")
+    assert [r.info.run_id for r in sweeps] == [result["parent_run_id"]]
+    assert sweeps[0].info.status == "FINISHED"
+    steps = list(range(1, SMOKE_STEPS + 1))
+    for c in children:
+        hist = store.client.get_metric_history(c.info.run_id, "meta/loss")
+        assert sorted(m.step for m in hist) == steps, c.data.tags["trial_id"]
+        events = [json.loads(line) for line in
+                  (out / "trials" / c.data.tags["trial_id"] / "events.jsonl").read_text().splitlines()]
+        assert sorted(e["step"] for e in events if e["event"] == "metrics"
+                      and "meta/loss" in e["metrics"]) == steps
 
 
 @pytest.mark.parametrize("args, needle", [
@@ -174,3 +189,27 @@ def test_asha_stops_the_bad_trials_and_closes_them_as_killed(ray_local, tmp_path
     # Catches: ASHA that stops nothing (no scheduler, or a rung past the trials' end)
     assert status[3.0] == ["KILLED", "KILLED"], status
     assert "FINISHED" in status[0.0], status  # the first good trial at each rung goes on
+
+
+def test_a_trial_that_finished_while_the_driver_was_down_gets_every_step(tmp_path):
+    """The resumed driver sees only the finished trial's final report (its last step): the
+    steps before come from the trial's events.jsonl, none twice (found by the kill test above,
+    when a trial finished between Tune's last snapshot and the kill: its run held step 6 only)."""
+    from plasticity.events import JsonlSink
+    from plasticity.sweep import TrialLogger
+
+    store = open_store(f"sqlite:///{tmp_path}/mlflow.db")
+    ev = JsonlSink(tmp_path / "trial" / "events.jsonl")
+    ev.params({"lr": 0.1})
+    for s in range(1, SMOKE_STEPS + 1):
+        ev.metrics({"meta/loss": 1.0 / s, "meta/skipped": 0}, step=s)
+    ev.close()
+    sink = store.sink("trial", experiment="unit")
+    sink.metrics({"meta/loss": 1.0 / SMOKE_STEPS}, step=SMOKE_STEPS)  # the re-reported end
+    logger = TrialLogger(store.uri, "parent", "meta-train")
+    logger._seen["t1"] = {SMOKE_STEPS}
+    logger._replay_missing(sink, "t1", tmp_path / "trial" / "events.jsonl")
+    sink.close()
+    for key in ("meta/loss", "meta/skipped"):
+        hist = store.client.get_metric_history(sink.run_id, key)
+        assert sorted(m.step for m in hist) == list(range(1, SMOKE_STEPS + 1)), key

@@ -76,6 +76,9 @@ def command_trainable(config: dict, command: str, preset: str | None, root: str,
     if (out / DONE).is_file():  # finished before the driver was stopped: report, do not re-run
         tune.report(json.loads((out / DONE).read_text()), checkpoint=Checkpoint.from_directory(out))
         return
+    # a trial cut off by a killed driver runs again from its start: its events start afresh
+    # (events.jsonl holds every step once, as its MLflow child run, which the driver logs anew)
+    (out / "events.jsonl").unlink(missing_ok=True)
     cmd, cfg, args = prepare_command(command, preset, config, out)
     sink = TuneSink(out, metric)
     result = run_handler(cmd, cfg, args, "cuda" if ray.get_gpu_ids() else "cpu", sink)

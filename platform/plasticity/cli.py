@@ -17,7 +17,15 @@ from pathlib import Path
 import numpy as np
 
 from . import PlasticityError, __version__
-from .commands import Command, jsonable, out_dir, resolve_device, run_handler, write_json
+from .commands import (
+    Command,
+    check_out,
+    jsonable,
+    out_dir,
+    resolve_device,
+    run_handler,
+    write_json,
+)
 from .config import (
     PRESETS,
     BaselineConfig,
@@ -223,12 +231,16 @@ def tracking_sink(args, name: str, cfg) -> Sink | None:
         return None
     from .tracking import sink_for_command
 
-    return sink_for_command(uri, name, {"plasticity.preset": args.preset or "-"}, args.out)
+    return sink_for_command(uri, name, {"plasticity.preset": args.preset or "-"}, args.out,
+                            resume=bool(getattr(args, "resume", False)))
 
 
 def run(argv: list[str] | None = None) -> int:
     """Parse, run, print. Returns the exit code."""
     args = build_parser().parse_args(argv)
+    check_out(getattr(args, "out", None))
+    if getattr(args, "tracking_uri", None):
+        tracking_uri(args)  # a malformed URI is refused by every command, before it runs
     if args.command == "prepare-data":
         from .data import prepare_data_root
 

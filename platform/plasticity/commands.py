@@ -9,6 +9,7 @@ device and an event :class:`~plasticity.events.Sink`, and return a JSON-able res
 from __future__ import annotations
 
 import json
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,6 +52,19 @@ def resolve_device(name: str) -> str:
     return name
 
 
+def check_out(out: Path | None) -> None:
+    """``--out`` must be a folder, or a path where one can be made: never a file."""
+    if out is None:
+        return
+    for p in (Path(out), *Path(out).parents):
+        if p.exists():
+            if not p.is_dir():
+                what = "is a file" if p == Path(out) else f"is inside {p}, a file"
+                raise PlasticityError(f"--out {out} {what}, not a folder: give a folder (new or "
+                                      "existing)")
+            return
+
+
 def out_dir(args, command: str) -> Path:
     """``--out`` or ``runs/<command>-<time>``."""
     if getattr(args, "out", None) is not None:
@@ -78,8 +92,13 @@ def write_json(path: Path, obj) -> Path:
 
 def run_handler(command: Command, cfg, args, device: str, *sinks: Sink | None) -> dict:
     """Run one handler with ``events.jsonl`` in ``args.out`` plus ``sinks`` (tracking, Tune);
-    the config is logged first, and every sink is closed with the run's status."""
-    sink = FanOut(JsonlSink(args.out / "events.jsonl"), *sinks)
+    the config is logged first, and every sink is closed with the run's status. A run refused
+    as bad input (a PlasticityError) before it produced anything leaves no ``events.jsonl`` (or
+    the one it appended to as it was) and no folder it made."""
+    out = Path(args.out)
+    new_dirs = [p for p in (out, *out.parents) if not p.exists()]  # made for this run
+    jsonl = JsonlSink(out / "events.jsonl")
+    sink = FanOut(jsonl, *sinks)
     sink.params(to_dict(cfg))
     status = "FAILED"
     try:
@@ -91,3 +110,11 @@ def run_handler(command: Command, cfg, args, device: str, *sinks: Sink | None) -
         raise
     finally:
         sink.close(status)
+        if status == "FAILED" and jsonl.produced == 0 and isinstance(sys.exc_info()[1],
+                                                                     PlasticityError):
+            jsonl.discard()  # refused (bad input) before producing anything: write nothing
+            for d in new_dirs:  # only folders this run made, and only while empty
+                try:
+                    d.rmdir()
+                except OSError:
+                    break

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from pathlib import Path
 
@@ -32,6 +33,12 @@ class Sink:
 
     def artifact(self, path: Path, subdir: str | None = None) -> None:
         """A file produced by the run (plot, report, result JSON)."""
+
+    def rewind(self, step: int, history: list[tuple[dict, int]] = (), prefix: str = "") -> None:
+        """A resumed run continues after ``step`` (its checkpoint): what the killed run logged
+        past it (metrics whose names start with ``prefix``) is dropped or not logged again, and
+        the points of ``history`` (``(metrics, step)``, the checkpoint's) the sink lacks are
+        logged: exactly-once across a kill."""
 
     def close(self, status: str = "FINISHED") -> None:
         """The run ended (FINISHED, FAILED or KILLED)."""
@@ -59,6 +66,10 @@ class FanOut(Sink):
         for s in self.sinks:
             s.artifact(path, subdir)
 
+    def rewind(self, step, history=(), prefix=""):
+        for s in self.sinks:
+            s.rewind(step, history, prefix)
+
     def close(self, status="FINISHED"):
         for s in self.sinks:
             s.close(status)
@@ -70,6 +81,8 @@ class JsonlSink(Sink):
     def __init__(self, path: Path):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.size0 = self.path.stat().st_size if self.path.is_file() else None  # before this run
+        self.produced = 0  # events other than params and close: what the run has produced
         self._f = self.path.open("a")
 
     def _write(self, kind: str, **payload) -> None:
@@ -78,6 +91,46 @@ class JsonlSink(Sink):
         self._f.write(json.dumps({"t": round(time.time(), 3), "event": kind, **payload},
                                  default=str) + "\n")
         self._f.flush()
+        self.produced += kind not in ("params", "close")
+
+    def discard(self) -> None:
+        """Take back what this run appended (a run refused as bad input before it produced
+        anything): the file as it was before, or no file."""
+        self._f.close()
+        if self.size0 is None:
+            self.path.unlink(missing_ok=True)
+        else:
+            os.truncate(self.path, self.size0)
+
+    def rewind(self, step, history=(), prefix=""):
+        """Drop the metrics (keys starting with ``prefix``) past ``step`` that the killed run
+        logged after its checkpoint, and lines cut off by the kill (an atomic rewrite), then
+        append the points of ``history`` (``(metrics, step)`` up to the checkpoint) the file
+        lacks: every step once."""
+        from .rules.io import atomic_write_text
+
+        self._f.close()
+        keep, held = [], set()
+        for line in self.path.read_text().splitlines():
+            try:
+                e = json.loads(line)
+            except ValueError:
+                continue
+            if e.get("event") == "metrics" and e.get("step") is not None:
+                metrics = {k: v for k, v in e.get("metrics", {}).items()
+                           if not (k.startswith(prefix) and e["step"] > step)}
+                if not metrics:
+                    continue
+                if len(metrics) < len(e.get("metrics", {})):
+                    line = json.dumps({**e, "metrics": metrics})
+                held.update((k, e["step"]) for k in metrics)
+            keep.append(line)
+        atomic_write_text(self.path, "".join(ln + "\n" for ln in keep))
+        self._f = self.path.open("a")
+        for metrics, s in history:
+            missing = {k: v for k, v in metrics.items() if (k, s) not in held}
+            if missing:
+                self.metrics(missing, s)
 
     def params(self, params):
         self._write("params", params=params)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from . import PlasticityError
 
-NAMES = ("sweep", "ui", "server", "reproduce")
+NAMES = ("sweep", "ui", "server", "reproduce", "log")
 
 
 def add_parsers(sub, shared) -> None:
@@ -38,6 +38,11 @@ def add_parsers(sub, shared) -> None:
     p = sub.add_parser("reproduce", help="the whole study in one command, tracked in MLflow")
     shared(p)
     p.add_argument("--stages", help="comma-separated stage names to run (default: all)")
+    p = sub.add_parser("log", help="log a run's output folder (its events.jsonl) to the tracking "
+                       "store: a run whose tracking failed")
+    p.add_argument("folder", type=Path, help="the run's output folder (--out)")
+    p.add_argument("--tracking-uri", help="store (default as for every command: sqlite:///mlflow.db)")
+    p.add_argument("--json", action="store_true", help="print one JSON result object on stdout")
     p = sub.add_parser("ui", help="start the MLflow UI on 127.0.0.1 for the tracking store")
     p.add_argument("--port", type=int, default=5000)
     p.add_argument("--tracking-uri", help="store (default as for every command: sqlite:///mlflow.db)")
@@ -225,8 +230,60 @@ def run_server(args) -> dict:
     return {"command": "server", "address": address}
 
 
+def run_log(args) -> dict:
+    """Replay a run's ``events.jsonl`` (params, metrics with their steps, rules, artifacts, its
+    end) into a new run of the store, with the folder's result files attached."""
+    import json
+    import math
+
+    from .cli import tracking_uri
+
+    out = Path(args.folder).resolve()
+    events = out / "events.jsonl"
+    if not events.is_file():
+        raise PlasticityError(f"{out} holds no events.jsonl: give the output folder (--out) of a "
+                              "plasticity run")
+    uri = tracking_uri(args)
+    if uri is None:
+        raise PlasticityError("plasticity log needs a tracking store: pass --tracking-uri")
+    rows = []
+    for line in events.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            continue  # a line cut off by a kill
+    try:
+        command = json.loads((out / "result.json").read_text())["command"]
+    except (OSError, ValueError, KeyError, TypeError):
+        command = out.name.split("-")[0]
+    from .rules.io import load_rule
+    from .tracking import open_store
+
+    sink = open_store(uri).sink(command, tags={"plasticity.command": command,
+                                               "plasticity.logged_from": str(out)}, out=out)
+    status = "FAILED"
+    for e in rows:
+        kind = e.get("event")
+        if kind == "params" and isinstance(e.get("params"), dict):
+            sink.params(e["params"])
+        elif kind == "metrics" and isinstance(e.get("metrics"), dict):
+            sink.metrics({k: math.nan if v is None else v for k, v in e["metrics"].items()},
+                         e.get("step"))
+        elif kind == "rule" and e.get("path") and Path(e["path"]).is_file():
+            sink.rule(e["name"], load_rule(e["path"]), Path(e["path"]))
+        elif kind == "artifact" and Path(e.get("path", "")).is_file():
+            sink.artifact(Path(e["path"]), e.get("subdir"))
+        elif kind == "close":
+            status = e.get("status", "FINISHED")
+    sink.close(status)
+    return {"command": "log", "run_id": sink.run_id, "status": status, "events": len(rows),
+            "summary": f"logged {out} ({len(rows)} events) as run {sink.run_id} ({status}) in {uri}"}
+
+
 def run(args: argparse.Namespace) -> dict:
     """Run a platform command; returns its result dict."""
+    if args.command == "log":
+        return run_log(args)
     if args.command == "ui":
         return run_ui(args)
     if args.command == "server":

@@ -39,6 +39,7 @@ class TrialLogger(tune.Callback):
     def __init__(self, uri: str, parent_run_id: str, command: str):
         self.uri, self.parent_run_id, self.command = uri, parent_run_id, command
         self._store, self._sinks, self._last, self._existing = None, {}, {}, None
+        self._seen: dict[str, set] = {}  # trial id -> the steps this driver logged
 
     def __getstate__(self):  # pickled into Tune's experiment state: no live client
         return {"uri": self.uri, "parent_run_id": self.parent_run_id, "command": self.command}
@@ -81,6 +82,7 @@ class TrialLogger(tune.Callback):
             return
         sink.params(trial.config)  # PBT mutations become hparam/<key> metrics
         step = int(result.get("step", result.get("training_iteration", 0)))
+        self._seen.setdefault(trial.trial_id, set()).add(step)
         last = self._last.setdefault(trial.trial_id, {})
         keys = result.get("new_keys")
         new = {k: v for k, v in result.items() if "/" in k and isinstance(v, (int, float))
@@ -108,9 +110,29 @@ class TrialLogger(tune.Callback):
                 f = Path(d) / r["file"]
                 sink.rule(name, load_rule(f), f if r["learned"] else None,
                           heatmap=Path(d) / r["heatmap"] if r.get("heatmap") else None)
+            self._replay_missing(sink, trial.trial_id, Path(d) / "events.jsonl")
             sink.out = Path(d)
             sink.close("FINISHED")
         print(f"[sweep] {trial} finished", file=sys.stderr, flush=True)
+
+    def _replay_missing(self, sink, tid: str, events: Path) -> None:
+        """A trial that finished while the driver was down only re-reports its end to this one:
+        the steps this driver never saw come from the trial's events.jsonl (the store is asked
+        which it holds, so none is logged twice)."""
+        if not events.is_file():
+            return
+        history = []
+        for line in events.read_text().splitlines():
+            try:
+                e = json.loads(line)
+            except ValueError:
+                continue
+            if e.get("event") == "metrics" and e.get("step") is not None:
+                history.append(({k: float("nan") if v is None else v
+                                  for k, v in e["metrics"].items() if "/" in k}, int(e["step"])))
+        seen = self._seen.get(tid, set())
+        if any(step not in seen for _, step in history):
+            sink.rewind(2**62, history)
 
     def on_trial_error(self, iteration, trials, trial, **info):
         sink = self._sink(trial)

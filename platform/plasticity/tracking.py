@@ -21,6 +21,14 @@
   ``~/.mlflow/credentials``), as MLflow does. A refusal (401 bad credentials, 403 no permission) is
   never retried: it is one line naming the fix (exit 2), and since the store is opened before a
   command runs, a refused run writes nothing.
+- Many writers: a sqlite store's schema is created or migrated under an inter-process file lock
+  (``mlflow.db.lock`` beside it); the other processes wait for it. A failure during a command
+  that the retries do not cure (a refusal included) is one warning: the command keeps its output
+  and is told how to log it later (``plasticity log OUT``, :class:`GuardedSink`).
+- Runs that resume as themselves: every run has a key tag (``plasticity.run_key``, also written
+  to ``OUT/tracking.json`` before the run is made): a create-run retried after a lost reply finds
+  the run instead of making another, and ``--resume`` continues the killed command's run, every
+  metric step once (:meth:`MlflowSink.rewind`).
 
 Metric names (documented in the README): ``<family>/<name>``, e.g. ``meta/loss``,
 ``transfer/mnist/large_T1``, ``evolution/loss_best``, ``attack/pgd_linf/eps_0.3``; characters
@@ -29,6 +37,7 @@ MLflow refuses are replaced by ``_``. Registered rules are named ``<method>-<dat
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -38,6 +47,7 @@ import shutil
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
 from . import PlasticityError
@@ -131,30 +141,30 @@ class RetryingClient:
         attr = getattr(self.raw, name)
         if not callable(attr):
             return attr
+        return lambda *args, **kw: self.retry(name, attr, *args, **kw)
 
-        def call(*args, **kw):
-            deadline, delay, failed = time.monotonic() + self.retry_s, 0.5, False
-            while True:
-                try:
-                    out = attr(*args, **kw)
-                    if failed:
-                        print("plasticity: tracking store reachable again", file=sys.stderr)
-                    return out
-                except Exception as exc:
-                    code = _refused(exc)
-                    if code:
-                        raise refused_error(self.uri, code) from None
-                    if not _transient(exc) or time.monotonic() + delay > deadline:
-                        raise
-                    if not failed:
-                        print(f"plasticity: warning: tracking store unavailable ({name}: "
-                              f"{str(exc).splitlines()[0][:120]}); retrying for up to "
-                              f"{self.retry_s:.0f} s", file=sys.stderr)
-                    failed = True
-                    time.sleep(delay)
-                    delay = min(2 * delay, 15.0)
-
-        return call
+    def retry(self, name: str, attr, *args, **kw):
+        """``attr(*args, **kw)`` retried as every client call is (``name`` for the warning)."""
+        deadline, delay, failed = time.monotonic() + self.retry_s, 0.5, False
+        while True:
+            try:
+                out = attr(*args, **kw)
+                if failed:
+                    print("plasticity: tracking store reachable again", file=sys.stderr)
+                return out
+            except Exception as exc:
+                code = _refused(exc)
+                if code:
+                    raise refused_error(self.uri, code) from None
+                if not _transient(exc) or time.monotonic() + delay > deadline:
+                    raise
+                if not failed:
+                    print(f"plasticity: warning: tracking store unavailable ({name}: "
+                          f"{str(exc).splitlines()[0][:120]}); retrying for up to "
+                          f"{self.retry_s:.0f} s", file=sys.stderr)
+                failed = True
+                time.sleep(delay)
+                delay = min(2 * delay, 15.0)
 
 
 def resolve_uri(uri: str | None) -> str | None:
@@ -241,19 +251,57 @@ def open_store(uri: str) -> Store:
                 raise refused_error(uri, _refused(exc)) from None
             raise PlasticityError(f"tracking server {uri} is unreachable ({type(exc).__name__}): "
                                   "start it or pass --tracking-uri none") from None
-    elif uri.startswith("sqlite:///"):
+    lock = None
+    if uri.startswith("sqlite:///") and uri != "sqlite:///:memory:":
         path = Path(uri[len("sqlite:///"):])
         if not path.parent.is_dir():
             raise PlasticityError(f"tracking store {uri}: folder {path.parent} does not exist")
-    store = Store(uri)
+        if path.is_dir() or (path.is_file() and path.stat().st_size and not _is_sqlite(path)):
+            raise PlasticityError(f"tracking store {uri} cannot be used ({path} is not a sqlite "
+                                  "database): pass another --tracking-uri (none: no tracking)")
+        lock = path.with_name(path.name + ".lock")
     try:
-        store.client.search_experiments(max_results=1)  # creates the sqlite schema
+        with _creation_lock(lock, uri):  # one process creates / migrates the schema, others wait
+            store = Store(uri)  # MlflowClient() opens (creates) the store
+            store.client.search_experiments(max_results=1)  # creates the tracking tables
+            store.client.search_registered_models(max_results=1)  # and the registry's
     except PlasticityError:
         raise
     except Exception as exc:  # noqa: BLE001 - any failure here means "unusable store"
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise PlasticityError(f"tracking store {uri} cannot be used: {msg[:200]}") from None
+        fix = (f"move {uri[len('sqlite:///'):]} aside (a new one is created)" if lock
+               else "check the store")
+        raise PlasticityError(f"tracking store {uri} cannot be used ({msg[:200]}): {fix}, or pass "
+                              "another --tracking-uri (none: no tracking)") from None
     return store
+
+
+def _is_sqlite(path: Path) -> bool:
+    with path.open("rb") as f:
+        return f.read(16) == b"SQLite format 3\x00"
+
+
+LOCK_S = 600.0  # how long a process waits for another one creating or migrating the store
+
+
+@contextlib.contextmanager
+def _creation_lock(lock: Path | None, uri: str):
+    """An inter-process lock beside a sqlite store (``mlflow.db.lock``) while the store's schema
+    is created or migrated: MLflow's migrations race otherwise (``duplicate column name``). The
+    lock is an flock: a process that dies holding it releases it."""
+    if lock is None:
+        yield
+        return
+    from filelock import FileLock, Timeout
+
+    wait = float(os.environ.get("PLASTICITY_STORE_LOCK_S", LOCK_S))
+    try:
+        with FileLock(str(lock), timeout=wait):
+            yield
+    except Timeout:
+        raise PlasticityError(f"tracking store {uri}: another process held {lock} for {wait:.0f} s "
+                              "(creating or migrating the store): wait for it to end, or pass "
+                              "another --tracking-uri") from None
 
 
 def _flat(d: dict, prefix: str = "") -> dict[str, str]:
@@ -292,26 +340,84 @@ class MlflowSink(Sink):
         self._step = 0
         self.registered: list[tuple[str, str]] = []
         self.closed = False
+        # the run's key (tag plasticity.run_key): a create-run retried after a lost reply finds
+        # the run it made; a resumed command finds its run by it (``state_file``: tracking.json)
+        self.run_key = uuid.uuid4().hex
+        self.state_file: Path | None = None
+        self.reopen_on_start = False  # a resumed run: RUNNING again when it logs
+        self._started = False
+        self._held: dict[str, set] = {}  # after rewind: steps the store holds past the checkpoint
 
     # --- run life cycle -------------------------------------------------------------------
+    def find_run(self, key: str | None = None):
+        """The run of this experiment tagged ``plasticity.run_key = key`` (default: ours)."""
+        runs = self.client.search_runs([self.experiment_id], max_results=1, filter_string=
+                                       f"tags.`plasticity.run_key` = '{key or self.run_key}'")
+        return runs[0] if runs else None
+
+    def _write_state(self) -> None:
+        if self.state_file is not None:
+            from .rules.io import atomic_write_text
+
+            atomic_write_text(self.state_file, json.dumps(
+                {"tracking_uri": self.store.uri, "run_key": self.run_key, "run_id": self.run_id}))
+
+    def _create(self, tags: dict) -> str:
+        """create_run, retried on transient errors; a retry first looks for the run the earlier
+        request may have made (stored, reply lost), so a lost reply never makes a second run."""
+        tried = []
+
+        def once():
+            if tried:
+                found = self.client.raw.search_runs(
+                    [self.experiment_id], max_results=1,
+                    filter_string=f"tags.`plasticity.run_key` = '{self.run_key}'")
+                if found:
+                    return found[0].info.run_id
+            tried.append(1)
+            return self.client.raw.create_run(self.experiment_id, run_name=self.run_name,
+                                              tags=tags).info.run_id
+
+        return self.client.retry("create_run", once)
+
     def start(self) -> str:
         """Create the run now (normally it is created on the first metric, rule or artifact)."""
         if self.run_id is None:
-            tags = dict(self.tags)
+            tags = {**self.tags, "plasticity.run_key": self.run_key}
             if self.parent_run_id:
                 tags["mlflow.parentRunId"] = self.parent_run_id
-            run = self.client.create_run(self.experiment_id, run_name=self.run_name, tags=tags)
-            self.run_id = run.info.run_id
-        else:
+            self._write_state()  # the key first: a kill during create_run still finds the run
+            self.run_id = self._create(tags)
+            self._write_state()
+        elif not self._started:
             existing = self.client.get_run(self.run_id).data.params
             self._logged.update(existing)
+            if self.reopen_on_start:
+                self.client.update_run(self.run_id, status="RUNNING")
+        self._started = True
         self._flush_params()
         return self.run_id
 
+    def rewind(self, step: int, history: list[tuple[dict, int]] = (), prefix: str = "") -> None:
+        """Resumed after ``step``: the points the killed run logged past it are not logged again
+        (MLflow cannot take them back: the store's ones stay), and the points of ``history``
+        (``(metrics, step)`` up to the checkpoint) that never reached the store (buffered at the
+        kill) are logged now. Every (key, step) ends in the store once."""
+        self._flush_metrics()  # (makes the run if need be) the store holds what we logged
+        held: dict[str, set] = {}
+        for key in self.client.get_run(self.run_id).data.metrics:
+            held[key] = {m.step for m in self.client.get_metric_history(self.run_id, key)}
+        self._held.update({k: {s for s in v if s > step} for k, v in held.items()
+                           if k.startswith(metric_key(prefix))})
+        for metrics, s in history:
+            missing = {k: v for k, v in metrics.items() if s not in held.get(metric_key(k), ())}
+            if missing:
+                self.metrics(missing, s)
+
     def reopen(self) -> None:
         """Mark an existing run RUNNING again (a resumed sweep's parent)."""
+        self.reopen_on_start = True
         self.start()
-        self.client.update_run(self.run_id, status="RUNNING")
 
     def delete(self) -> None:
         """Soft-delete the run (a trial that will be run again): it leaves the default views."""
@@ -320,7 +426,7 @@ class MlflowSink(Sink):
         self.closed = True
 
     def _flush_params(self) -> None:
-        if self.run_id is None:
+        if not self._started:
             return
         new = {k: v for k, v in self._params.items() if k not in self._logged}
         for chunk in _chunks(sorted(new.items()), _limits.MAX_PARAMS_TAGS_PER_BATCH):
@@ -329,7 +435,7 @@ class MlflowSink(Sink):
         self._params.clear()
 
     def _flush_metrics(self) -> None:
-        if self.run_id is None:
+        if not self._started:
             self.start()
         while self._metrics:  # a batch leaves the buffer only once the store has it
             chunk = self._metrics[:_limits.MAX_METRICS_PER_BATCH]
@@ -377,8 +483,11 @@ class MlflowSink(Sink):
                 v = float(v)
             except (TypeError, ValueError):
                 continue
-            self._metrics.append(Metric(metric_key(k), v if math.isfinite(v) else float("nan"),
-                                        now, self._step))
+            key = metric_key(k)
+            if self._step in self._held.get(key, ()):
+                continue  # logged by the killed run this one resumes: once is enough
+            self._metrics.append(Metric(key, v if math.isfinite(v) else float("nan"), now,
+                                        self._step))
         if time.time() >= self._retry_at and (len(self._metrics) >= _limits.MAX_METRICS_PER_BATCH
                                                or time.time() - self._last_flush > self.FLUSH_S):
             self._try_flush_metrics()
@@ -455,8 +564,9 @@ class MlflowSink(Sink):
         if self.closed:
             return
         self.closed = True
-        if self.run_id is None and status != "FINISHED":
-            return  # failed before producing anything: leave no half-written run
+        if not self._started and status != "FINISHED":
+            return  # failed before producing anything: leave no half-written run (a resumed
+            # run that was refused stays as the kill left it, for the next --resume)
         self._result_metrics()
         self._flush_metrics()
         self._flush_params()
@@ -469,12 +579,79 @@ class MlflowSink(Sink):
         self.client.set_terminated(self.run_id, status)
 
 
-def sink_for_command(uri: str | None, command: str, cfg_tags: dict, out: Path) -> MlflowSink | None:
-    """The CLI's observer for one command run (``uri`` already resolved; None = off)."""
+class GuardedSink(Sink):
+    """A command's MLflow observer that never costs the command its results: a tracking failure
+    the retries did not cure (the store gone for longer than ``$PLASTICITY_TRACKING_RETRY_S``, a
+    refused request, a broken store) is one warning line, the command goes on untracked and
+    writes its output folder and result.json, and at the end one line says how to log that
+    folder later (``plasticity log OUT``)."""
+
+    def __init__(self, sink: MlflowSink, uri: str, out: Path):
+        self.inner, self.uri, self.out, self.failed = sink, uri, Path(out), None
+
+    @property
+    def run_id(self):
+        return self.inner.run_id
+
+    def _do(self, what: str, *args) -> None:
+        if self.failed is not None:
+            return
+        try:
+            getattr(self.inner, what)(*args)
+        except Exception as exc:  # noqa: BLE001 - a tracking failure never ends the command
+            msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            self.failed = msg[:200]
+            print(f"plasticity: warning: tracking to {self.uri} failed ({what}: {self.failed}); "
+                  "the run goes on untracked", file=sys.stderr)
+
+    def params(self, params):
+        self._do("params", params)
+
+    def metrics(self, metrics, step=None):
+        self._do("metrics", metrics, step)
+
+    def rule(self, name, rule, path=None):
+        self._do("rule", name, rule, path)
+
+    def artifact(self, path, subdir=None):
+        self._do("artifact", path, subdir)
+
+    def rewind(self, step, history=(), prefix=""):
+        self._do("rewind", step, history, prefix)
+
+    def close(self, status="FINISHED"):
+        self._do("close", status)
+        if self.failed is not None and (self.out / "events.jsonl").is_file():
+            print(f"plasticity: warning: this run is not (fully) in {self.uri}; its output is in "
+                  f"{self.out}: log it later with `plasticity log {self.out} --tracking-uri "
+                  f"{self.uri}`", file=sys.stderr)
+
+
+STATE = "tracking.json"  # in a command's output folder: its run's key and id
+
+
+def sink_for_command(uri: str | None, command: str, cfg_tags: dict, out: Path,
+                     resume: bool = False) -> GuardedSink | None:
+    """The CLI's observer for one command run (``uri`` already resolved; None = off). The run's
+    key is written to ``<out>/tracking.json`` when the run is made; ``resume``: the run of that
+    key (the killed one) is continued, RUNNING again and FINISHED at the end, not a new run."""
     if uri is None:
         return None
-    return open_store(uri).sink(command, tags={"plasticity.command": command, **cfg_tags},
-                                out=Path(out).resolve())
+    out = Path(out).resolve()
+    sink = open_store(uri).sink(command, tags={"plasticity.command": command,
+                                               "plasticity.out": str(out), **cfg_tags}, out=out)
+    sink.state_file = out / STATE
+    if resume and sink.state_file.is_file():
+        try:
+            state = json.loads(sink.state_file.read_text())
+            sink.run_key = str(state["run_key"])
+        except (OSError, ValueError, KeyError, TypeError):
+            state = None
+        if state is not None:
+            run = sink.find_run()
+            if run is not None:
+                sink.run_id, sink.reopen_on_start = run.info.run_id, True
+    return GuardedSink(sink, uri, out)
 
 
 _REF = re.compile(r"^models:/([^/]+)/([^/]+)$")

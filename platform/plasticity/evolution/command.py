@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import PlasticityError
 from ..commands import Command, write_json
 from ..config import to_dict
 from ..events import Sink
@@ -25,7 +26,8 @@ def _arguments(p) -> None:
     p.add_argument("--address", help="Ray cluster address (default: an embedded local Ray); "
                                      "used when workers > 0")
     p.add_argument("--resume", action="store_true",
-                   help="continue the run in --out from its last checkpointed generation")
+                   help="continue the run in --out from its last checkpointed generation "
+                        "(compare: each seed from its own checkpoint)")
 
 
 def rule_summary(rule) -> dict:
@@ -49,10 +51,20 @@ def _accuracy(cfg, rule, data, device, n_train: int, n_test: int, networks: int)
                          networks=networks)
 
 
+def _check_address(args) -> None:
+    """An unreachable cluster or a refused token is one line now, not a wait in ray.init."""
+    from .. import ray_cluster
+
+    ray_cluster.check_cluster(getattr(args, "address", None))
+
+
 def cmd_evolve(cfg: EvolutionConfig, args, device: str, sink: Sink) -> dict:
     from ..rules.io import save_rule
-    from .driver import run_evolution
+    from .driver import load_checkpoint, run_evolution
 
+    _check_address(args)
+    if args.resume:
+        load_checkpoint(args.out, cfg)  # nothing to resume, or other settings: one line now
     data = _load(cfg)
     t0 = time.time()
     run = run_evolution(cfg, data, device=device, out=args.out, resume=args.resume, sink=sink,
@@ -95,12 +107,19 @@ def _gd_run(cfg: CompareConfig, data, device, steps: int):
 
 
 def compare_seed(cfg: CompareConfig, data, device, sink: Sink, out: Path,
-                 address: str | None = None) -> dict:
-    """One seed: evolution, then GD with the same inner-loop examples (or ``gd_steps``)."""
-    from .driver import run_evolution
+                 address: str | None = None, resume: bool = False) -> dict:
+    """One seed: evolution, then GD with the same inner-loop examples (or ``gd_steps``).
+    ``resume``: the evolution continues from the seed's checkpoint when it has one (a seed
+    without one starts afresh), GD runs again (it is deterministic); what the killed run logged
+    of the parts that run again is dropped or not logged twice."""
+    from .driver import CHECKPOINT, run_evolution
 
+    prefix = f"compare/seed{cfg.seed}"
+    has_ck = resume and (out / f"seed{cfg.seed}" / CHECKPOINT).is_file()
+    if resume and not has_ck:
+        sink.rewind(0, (), prefix=f"{prefix}/evolution/")
     evo = run_evolution(cfg, data, device=device, out=out / f"seed{cfg.seed}", sink=sink,
-                        address=address, prefix=f"compare/seed{cfg.seed}/evolution")
+                        address=address, prefix=f"{prefix}/evolution", resume=has_ck)
     evo_examples = evo.history[-1]["examples"]
     per_step = cfg.episodes * cfg.batch
     steps = cfg.gd_steps or max(1, round(evo_examples / per_step))
@@ -109,6 +128,8 @@ def compare_seed(cfg: CompareConfig, data, device, sink: Sink, out: Path,
     acc = {name: _accuracy(cfg, rule, data, device, cfg.eval_train, cfg.eval_examples,
                            cfg.eval_networks) for name, rule in (("evolution", evo.rule),
                                                                 ("gd", gd_rule))}
+    if resume:
+        sink.rewind(0, (), prefix=f"{prefix}/gd/")
     for i, rec in enumerate(gd_curve):
         if i % max(1, len(gd_curve) // 200) == 0 or i == len(gd_curve) - 1:
             sink.metrics({f"compare/seed{cfg.seed}/gd/loss": rec["loss"],
@@ -165,14 +186,24 @@ def _compare_report(cfg: CompareConfig, runs: list[dict]) -> str:
 
 def cmd_compare(cfg: CompareConfig, args, device: str, sink: Sink) -> dict:
     from ..rules.io import save_rule
+    from .driver import CHECKPOINT, load_checkpoint
 
-    data = _load(cfg)
+    _check_address(args)
     out = Path(args.out)
+    seeds = [dataclasses.replace(cfg, seed=cfg.seed + s) for s in range(cfg.seeds)]
+    if args.resume:  # nothing to resume, or other settings: one line before anything runs
+        found = [c for c in seeds if (out / f"seed{c.seed}" / CHECKPOINT).is_file()]
+        if not found:
+            raise PlasticityError(f"--resume: no seed*/{CHECKPOINT} in {out}: start without "
+                                  "--resume")
+        for c in found:
+            load_checkpoint(out / f"seed{c.seed}", c)
+    data = _load(cfg)
     t0 = time.time()
     runs = []
-    for s in range(cfg.seeds):
-        run = compare_seed(dataclasses.replace(cfg, seed=cfg.seed + s), data, device, sink, out,
-                           address=args.address)
+    for s, seed_cfg in enumerate(seeds):
+        run = compare_seed(seed_cfg, data, device, sink, out, address=args.address,
+                           resume=args.resume)
         for name in ("evolution", "gd"):
             rule = run.pop(f"{name}_rule")
             path = save_rule(rule, out / f"seed{cfg.seed + s}" / f"{name}_rule.json")
@@ -235,8 +266,7 @@ COMMANDS = {
                       PRESETS["evolve"], cmd_evolve, arguments=_arguments),
     "compare": Command("evolution vs meta-learning GD on the same task, rule space, start and "
                        "data", CompareConfig, PRESETS["compare"], cmd_compare,
-                       arguments=lambda p: p.add_argument(
-                           "--address", help="Ray cluster address (used when workers > 0)")),
+                       arguments=_arguments),
     "evolve-theory": Command("allele-frequency trajectories against the predicted GD forms",
                              TheoryConfig, PRESETS["evolve-theory"], cmd_evolve_theory),
 }

@@ -153,6 +153,10 @@ def run_evolution(cfg, data, *, device="cpu", out: Path | None = None, resume: b
         strategy.load_state_dict(ck["state"])
         history = ck["history"]
         first = ck["generation"] + 1
+        # exactly-once across a kill: the sinks drop or skip what the killed run logged past
+        # the checkpoint, and log the checkpoint's generations they lack
+        sink.rewind(ck["generation"], [(_metrics(rec, prefix), rec["generation"])
+                                       for rec in history], prefix=prefix + "/")
     own_pool = pool is None
     pool = make_pool(cfg, data, device, address) if own_pool else pool
     n_train = cfg.n_train or data.x_train.shape[0]

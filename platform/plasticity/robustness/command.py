@@ -124,11 +124,18 @@ def load_network(path: str, device: str, dtype) -> tuple[FrozenNet, dict]:
                               "earlier `plasticity attack` run")
     try:
         d = torch.load(path, map_location=device, weights_only=True)
+    except Exception:  # noqa: BLE001 - text, a pickle of code, a truncated or foreign file
+        raise PlasticityError(f"network file '{path}' is not a saved network (not a tensors-only "
+                              "torch file): give the network.pt of an earlier `plasticity attack` "
+                              "run") from None
+    try:
         nets = Networks(d["A"].to(dtype), d["graph"].to(dtype), int(d["k"]), int(d["T"]),
                         int(d["n_classes"]), str(d["recurrence"]), str(d.get("firing", "positive")))
         return FrozenNet(nets, d["W"].to(dtype), d["U"].to(dtype)), dict(d.get("info", {}))
-    except (KeyError, RuntimeError, TypeError, ValueError) as exc:
-        raise PlasticityError(f"network file '{path}' is not a saved network: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - tensors, but not those of a saved network
+        msg = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+        raise PlasticityError(f"network file '{path}' is not a saved network ({msg}): give the "
+                              "network.pt of an earlier `plasticity attack` run") from None
 
 
 def train_network(cfg: AttackConfig, data, device: str, progress: bool) -> tuple[FrozenNet, dict]:
@@ -165,18 +172,23 @@ def cmd_attack(cfg: AttackConfig, args, device: str, sink: Sink) -> dict:
 
     t0 = time.time()
     out = out_dir(args, "attack")
-    out.mkdir(parents=True, exist_ok=True)
     dtype = getattr(torch, cfg.dtype)
+    # the networks handed in are checked before anything is trained or written
+    loaded = load_network(cfg.load, device, dtype) if cfg.load else None
+    surrogate = load_network(cfg.surrogate, device, dtype)[0] if cfg.surrogate else None
     data = load_dataset(cfg.dataset, data_seed=cfg.data_seed, inputs=cfg.inputs)
-    if cfg.load:
-        model, info = load_network(cfg.load, device, dtype)
+    if loaded is not None:
+        model, info = loaded
     else:
         model, info = train_network(cfg, data, device, progress=not args.no_progress)
     if model.nets.A.shape[2] != data.dim:
         raise PlasticityError(f"network input size {model.nets.A.shape[2]} does not match "
                               f"dataset {cfg.dataset} ({data.dim}): load a network of that set")
+    if surrogate is not None and surrogate.nets.A.shape[2] != data.dim:
+        raise PlasticityError(f"surrogate network input size {surrogate.nets.A.shape[2]} does not "
+                              f"match dataset {cfg.dataset} ({data.dim}): use a network of that set")
+    out.mkdir(parents=True, exist_ok=True)
     save_network(out / "network.pt", model, info)
-    surrogate = load_network(cfg.surrogate, device, dtype)[0] if cfg.surrogate else None
     t_train = time.time() - t0
     how = f"loaded {cfg.load}" if cfg.load else f"trained: {cfg.train}"
     print(f"[{t_train:6.1f}s] network ready ({how}); attacking", file=sys.stderr, flush=True)
