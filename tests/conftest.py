@@ -23,3 +23,13 @@ def ray_local():
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def task():
+    """x [300, 10] float64 and 3-class labels from a random linear teacher (the engine-vs-reference
+    tests' data: test_engine.py, test_dynamics.py)."""
+    g = torch.Generator().manual_seed(1234)
+    x = torch.randn(300, 10, generator=g, dtype=torch.float64)
+    y = (x @ torch.randn(10, 3, generator=g, dtype=torch.float64)).argmax(1)
+    return x, y

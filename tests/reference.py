@@ -1,4 +1,4 @@
-"""A slow, obvious float64 reference of the paper's model, written from the spec (PAPER.md 1-3).
+"""A slow, obvious float64 reference of the paper's model, written from the spec (docs/paper.md 1-3).
 
 Nothing here calls the engine's functions: one network and one example at a time, in plain
 numpy (rule-based learning) or plain per-example torch (meta-learning, for autograd). The engine's
@@ -6,7 +6,7 @@ batched, speculative code is checked against it in ``test_engine.py`` and timed 
 ``bench/bench_engine.py``. Only the engine's *data* is used as input (a network's input weights
 ``A`` [V, d] and graph mask ``G`` [V, V]).
 
-Conventions (PAPER.md 1.3, 2.1-2.3):
+Conventions (docs/paper.md 1.3, 2.1-2.3):
 - ``W[j, i]`` is the weight of the edge from presynaptic ``i`` to postsynaptic ``j``; the
   pre-activation of ``j`` is ``sum_i W[j, i] h[i]``; every weight is used as ``W * G``.
 - ``U[c, i]`` is the weight from hidden neuron ``i`` to output ``c``.
@@ -164,7 +164,7 @@ def train_all(nets, rnn_table, out_table, x, y, order, **kw):
 
 
 def mlp_table(w1, b1, w2, b2, layer: str, T: int) -> torch.Tensor:
-    """The table of an MLP rule (n_bits -> hidden ReLU -> 1), cell by cell (PAPER.md 2.1).
+    """The table of an MLP rule (n_bits -> hidden ReLU -> 1), cell by cell (docs/paper.md 2.1).
 
     The MLP's input for cell [pre, post] (RNN) is pre's T bits then post's T bits, and for cell
     [pre, b] (output) pre's T bits then b; a history's first round is its most significant bit."""
@@ -223,7 +223,7 @@ def episode_loss_one(A, G, k, T, n_classes, rnn_table, out_table, xs, ys, *, eta
                      update_on="mistakes", output_rows="label_pred", recurrence="paper",
                      margins: list | None = None, firing: str = "positive",
                      loss: str = "logits") -> torch.Tensor:
-    """One meta-learning episode (PAPER.md 3): fresh W, U; learn xs [B, d] one example at a time
+    """One meta-learning episode (docs/paper.md 3): fresh W, U; learn xs [B, d] one example at a time
     (differentiably in the rule tables); mean cross-entropy of the final weights on xs (of the
     logits, or with ``loss="softmax"`` of the softmax outputs, the reference code's loss)."""
     V = A.shape[0]

@@ -23,14 +23,6 @@ D, V, K, CLASSES, N = 10, 12, 6, 3, 3
 N_EX, L = 300, 200
 
 
-@pytest.fixture(scope="module")
-def task():
-    g = torch.Generator().manual_seed(4321)
-    x = torch.randn(N_EX, D, generator=g, dtype=F64)
-    y = (x @ torch.randn(D, CLASSES, generator=g, dtype=F64)).argmax(1)
-    return x, y
-
-
 def _tables(T: int, seed: int):
     g = torch.Generator().manual_seed(seed)
     S = 2**T

@@ -26,15 +26,6 @@ D, V, K, CLASSES, N = 10, 12, 6, 3, 3
 N_EX, L = 300, 200
 
 
-@pytest.fixture(scope="module")
-def task():
-    """x [300, 10] float64 and 3-class labels from a random linear teacher."""
-    g = torch.Generator().manual_seed(1234)
-    x = torch.randn(N_EX, D, generator=g, dtype=F64)
-    y = (x @ torch.randn(D, CLASSES, generator=g, dtype=F64)).argmax(1)
-    return x, y
-
-
 def _tables(T: int, with_rnn: bool, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
     S = 2**T

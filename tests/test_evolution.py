@@ -1,4 +1,4 @@
-"""Evolution (PAPER.md 6.6): the allele model, GA/ES, the population evaluator, the driver's
+"""Evolution (docs/paper.md 6.6): the allele model, GA/ES, the population evaluator, the driver's
 determinism, resume, and the CLI's one-line errors. Ray tests: tests/test_evolution_ray.py."""
 
 from __future__ import annotations

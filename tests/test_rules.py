@@ -1,4 +1,4 @@
-"""Classic rule tables (PAPER.md 2.4, Table 1), JSON rule files: exact round trip, atomic save,
+"""Classic rule tables (docs/paper.md 2.4, Table 1), JSON rule files: exact round trip, atomic save,
 and one-line PlasticityErrors for malformed files."""
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ def test_hebb_t1_is_and():
 
 
 def test_temporal_hebb_t3_counts():
-    """r[pre, post] = #rounds t with pre firing at t and post at t + 1 (PAPER.md 2.4)."""
+    """r[pre, post] = #rounds t with pre firing at t and post at t + 1 (docs/paper.md 2.4)."""
     T = 3
     table = temporal_hebb(T).table()
     assert table.shape == (8, 8)

@@ -1,4 +1,4 @@
-"""Tests for plasticity.theory: the closed form of PAPER.md 6.5 against the engine, the
+"""Tests for plasticity.theory: the closed form of docs/paper.md 6.5 against the engine, the
 MSE-optimal rule, Theorem 3's mistake bound and the structure of the Theorem 1 experiment."""
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """plasticity: learning with synaptic plasticity rules (Cristian, Dabagia, Papadimitriou, Vempala).
 
 The core engine (network, rules, rule-based learning, meta-learning, baselines) imports only torch
-and numpy; Ray and MLflow live at the edges (see DESIGN.md).
+and numpy; Ray and MLflow live at the edges (evolution/ray_pool.py, ray_cluster.py, tracking.py).
 """
 
 import os as _os

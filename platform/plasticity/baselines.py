@@ -1,4 +1,4 @@
-"""Backprop baselines on the same batched networks (PAPER.md 5.1 Fig. 2, 5.4 "GD, T=3").
+"""Backprop baselines on the same batched networks (docs/paper.md 5.1 Fig. 2, 5.4 "GD, T=3").
 
 ``method="output"``: A fixed, W = 0, only the readout U is trained (from U = 0) by Adam on
 cross-entropy. A and W are fixed, so each network's hidden codes h_T [n, V] are computed once and

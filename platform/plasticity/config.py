@@ -83,7 +83,7 @@ class TrainConfig(Common):
 
 @dataclass(frozen=True)
 class MetaConfig(Common):
-    """Meta-learning rules by GD through the unrolled rule-based learning (PAPER.md 3)."""
+    """Meta-learning rules by GD through the unrolled rule-based learning (docs/paper.md 3)."""
 
     learn: str = "output"  # output rule alone | both: RNN + output jointly | rnn: RNN rule, perceptron output
     mode: str = "additive"  # additive | multiplicative rule application
@@ -133,7 +133,7 @@ class MetaConfig(Common):
 
 @dataclass(frozen=True)
 class BaselineConfig(Common):
-    """The same networks trained by backprop (PAPER.md Fig. 2 and 'GD, T=3')."""
+    """The same networks trained by backprop (docs/paper.md Fig. 2 and 'GD, T=3')."""
 
     method: str = "output"  # output: output layer only | full: recurrent and output weights
     batch: int = 1  # minibatch size

@@ -1,4 +1,4 @@
-"""Rule-based learning (PAPER.md 2.2-2.3): fresh networks trained by a frozen rule, no autograd.
+"""Rule-based learning (docs/paper.md 2.2-2.3): fresh networks trained by a frozen rule, no autograd.
 
 The inner loop is exact per-example learning, made fast by speculation: with the default scheme a
 weight changes only on a mistake, so every network runs a chunk of its upcoming examples through

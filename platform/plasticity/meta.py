@@ -1,4 +1,4 @@
-"""Meta-learning plasticity rules by gradient descent (PAPER.md section 3).
+"""Meta-learning plasticity rules by gradient descent (docs/paper.md section 3).
 
 One step: E episodes, each a fresh network (W = U = 0) that learns B examples one at a time with
 the current rule; then cross-entropy of the final weights on the episode's B examples; backprop

@@ -1,11 +1,11 @@
-"""The paper's "simple RNN" (PAPER.md 1.1), batched over a leading dimension of networks.
+"""The paper's "simple RNN" (docs/paper.md 1.1), batched over a leading dimension of networks.
 
 A batch holds ``N`` independent networks, each with its own random graph, input weights and
 (plastic) recurrent and output weights, so a population of rules or a batch of meta-learning
 episodes is one tensor computation.
 
 Shapes: ``N`` networks, ``B`` examples per network, ``V`` neurons, ``d`` input dims, ``l`` classes.
-Conventions (PAPER.md 1.3): ``W[n, j, i]`` is the weight of the edge from presynaptic ``i`` to
+Conventions (docs/paper.md 1.3): ``W[n, j, i]`` is the weight of the edge from presynaptic ``i`` to
 postsynaptic ``j``; ``U[n, c, i]`` is the weight from hidden neuron ``i`` to output ``c``.
 """
 
@@ -175,7 +175,7 @@ def make_networks(
     device: str | torch.device = "cpu",
     key: object = "networks",
 ) -> Networks:
-    """Draw N independent networks (PAPER.md 1.1): graph and input masks Bernoulli(p), no
+    """Draw N independent networks (docs/paper.md 1.1): graph and input masks Bernoulli(p), no
     self-loops, input weights A ~ N(0, 1) (or all ones) times the input mask.
 
     Network ``i`` is drawn from ``derive_seed(seed, key, i)``, so it does not depend on ``n``.

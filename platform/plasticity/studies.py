@@ -1,5 +1,5 @@
 """The paper's studies as one-command runs: Fig. 3 (transfer grid), Table 2 (clean accuracy),
-Fig. 2 (rule vs GD against updates) and the last-layer theory (PAPER.md 5-6).
+Fig. 2 (rule vs GD against updates) and the last-layer theory (docs/paper.md 5-6).
 
 Each study takes a preset (smoke | quick | paper) plus ``--set`` overrides of its own fields,
 writes ``result.json`` and ``report.md`` into its output folder, and returns the result dict.
@@ -25,7 +25,7 @@ from .rules.io import atomic_write_text, save_rule
 SYNTHETIC = ("halfspace", "relu1", "relu2", "rnn")
 IMAGES = ("mnist", "fashion_mnist")
 
-# PAPER.md 5.2, read from the paper's Fig. 3 bar chart (+-1 point): {dataset: (small T=1,
+# docs/paper.md 5.2, read from the paper's Fig. 3 bar chart (+-1 point): {dataset: (small T=1,
 # large T=1, small T=3, large T=3)}.
 PAPER_FIG3 = {
     "halfspace": (94, 97, 93, 97), "relu1": (83, 83, 82, 90), "relu2": (78, 81.5, 84, 89),
@@ -127,7 +127,7 @@ def _train_cfg(sc: StudyConfig, dataset: str, neurons: int, T: int, **kw) -> Tra
 
 def learn_fig3_rules(sc: StudyConfig, device, progress) -> dict:
     """The two rules of Fig. 3: the output rule on Halfspace (small, T=1) and the RNN + output
-    rules on ReLU1 (small, T=3), both meta-learned by GD (PAPER.md 5.2)."""
+    rules on ReLU1 (small, T=3), both meta-learned by GD (docs/paper.md 5.2)."""
     from .data import load_dataset
     from .meta import meta_train
 
@@ -295,7 +295,7 @@ def report_fig2(result: dict) -> str:
 
 
 def study_theory(sc: StudyConfig, device, out: Path, progress: bool) -> dict:
-    """PAPER.md 6.1-6.5: Theorem 1 (additive and multiplicative 2x2 output rules meta-learned from
+    """docs/paper.md 6.1-6.5: Theorem 1 (additive and multiplicative 2x2 output rules meta-learned from
     random starts), Theorem 3 (mistakes of [-a, a; b, -b] against the bound) and the closed-form
     MSE-optimal output rule (engine-trained with the every-example, all-rows scheme)."""
     from .data import load_dataset

@@ -1,4 +1,4 @@
-"""The paper's theory (PAPER.md section 6) as executable experiments.
+"""The paper's theory (docs/paper.md section 6) as executable experiments.
 
 - 6.5: the closed-form MSE-optimal output rule for the scheme "update on every example, all output
   rows" (``Scheme("all", "all")``), additive, W fixed at 0: :func:`update_counts`,
@@ -43,7 +43,7 @@ def _fixed_hidden(nets: Networks, x: torch.Tensor, chunk: int = CHUNK):
 
 
 def update_counts(nets: Networks, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """PAPER.md 6.5: S [N, l, V, S_T, 2] with S[., c, v, a, b] = #{i : hist_i(v) = a,
+    """docs/paper.md 6.5: S [N, l, V, S_T, 2] with S[., c, v, a, b] = #{i : hist_i(v) = a,
     [y_i != c] = b}, i.e. how often the engine adds r(a, b) to U[c, v] over one pass of x [n, d],
     y [n] under Scheme("all", "all"). Uses the 0/1 history indicator: the engine adds r(hist)
     whatever the activation value."""
@@ -65,7 +65,7 @@ def _table(rule_table: LayerRule | torch.Tensor) -> torch.Tensor:
 
 def closed_form_weights(nets: Networks, rule_table: LayerRule | torch.Tensor, x: torch.Tensor,
                         y: torch.Tensor, eta: float = 0.01) -> torch.Tensor:
-    """PAPER.md 6.5: final output weights after one pass of x [n, d], y [n] in ANY order with
+    """docs/paper.md 6.5: final output weights after one pass of x [n, d], y [n] in ANY order with
     Scheme("all", "all"), additive, U starting at 0 and no RNN rule (W = 0):
     U[c, v] = eta * sum_{a,b} r(a, b) S[c, v, a, b].
     rule_table: [S_T, 2] -> U [N, l, V] float64."""
@@ -88,7 +88,7 @@ def closed_form_mse(nets: Networks, rule_table: LayerRule | torch.Tensor, x: tor
 
 def mse_optimal_output_rule(nets: Networks, x: torch.Tensor, y: torch.Tensor, *,
                             eta: float = 0.01) -> tuple[LayerRule, dict]:
-    """PAPER.md 6.5: the output rule r [S_T, 2] minimising the mean over the N networks of the
+    """docs/paper.md 6.5: the output rule r [S_T, 2] minimising the mean over the N networks of the
     closed-form MSE (:func:`closed_form_mse`), by least squares in float64.
 
     s_c(j) = sum_p F[j, c, p] r_p is linear in the flattened rule (p = (a, b)), with
@@ -137,7 +137,7 @@ def sign_pattern(table: torch.Tensor) -> str:
 
 def theorem1_experiment(cfg: MetaConfig, data, starts: int, *, output_init: float = 1.0,
                         device: str | torch.device = "cpu") -> dict:
-    """PAPER.md 6.1: meta-learn a T=1 2x2 output table by GD (``meta_train``) from ``starts``
+    """docs/paper.md 6.1: meta-learn a T=1 2x2 output table by GD (``meta_train``) from ``starts``
     random initial tables N(0, output_init^2), start s using seed ``cfg.seed + s`` (which also
     draws its networks and batches). ``cfg.mode`` picks the variant:
 
@@ -193,7 +193,7 @@ def theorem1_experiment(cfg: MetaConfig, data, starts: int, *, output_init: floa
 
 def margin_data(n: int, gamma: float, examples: int, gen: torch.Generator,
                 runs: int = 1) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """PAPER.md 6.3 data, per run: a unit w* [n] with sum_i w*_i = 0, and ``examples`` points x
+    """docs/paper.md 6.3 data, per run: a unit w* [n] with sum_i w*_i = 0, and ``examples`` points x
     uniform on {-1, 1}^n kept when |w* . x| >= gamma, labelled sign(w* . x).
     Returns w* [R, n], X [R, m, n], y [R, m] in {-1, +1} (float64)."""
     ws, xs = [], []
@@ -217,7 +217,7 @@ def margin_data(n: int, gamma: float, examples: int, gen: torch.Generator,
 
 def theorem3_experiment(n: int, gamma: float, a: float, b: float, *, examples: int = 1000,
                         seed: int = 0, passes: int = 100, runs: int = 1) -> dict:
-    """PAPER.md 6.3 (Theorem 3): a linear threshold unit (w starts at 0; predict +1 iff
+    """docs/paper.md 6.3 (Theorem 3): a linear threshold unit (w starts at 0; predict +1 iff
     w . x > 0, so a tie predicts -1) trained by the rule r = [-a, a; b, -b] on mistakes only,
     with "fired" <=> x_i = +1: on a mistake with label y, w_i += y b where x_i = +1 and
     w_i -= y a where x_i = -1. Passes over the examples (fixed order) until a pass without a

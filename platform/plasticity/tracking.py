@@ -1,4 +1,4 @@
-"""MLflow tracking: the only module that imports mlflow (DESIGN.md: tracking is an observer).
+"""MLflow tracking: the only module that imports mlflow (tracking is an observer of the core).
 
 - Store: ``--tracking-uri`` / ``$PLASTICITY_TRACKING_URI`` / ``$MLFLOW_TRACKING_URI``, else
   ``sqlite:///mlflow.db`` in the working directory (embedded; artifacts in ``mlruns/`` beside it).

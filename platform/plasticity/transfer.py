@@ -1,7 +1,7 @@
 """Rule-based training of fresh networks from a config: a frozen rule applied to a data set.
 
 A rule learned on data set X with one network shape is applied here to any data set and any
-network shape with the same T (rules are indexed by firing histories only, PAPER.md 7).
+network shape with the same T (rules are indexed by firing histories only, docs/paper.md 7).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ def run_train(cfg: TrainConfig, rule: Rule, *, device="cpu", data=None,
 
     Networks are drawn with key "networks" (shared with the GD baselines of the same seed); each
     has its own example order of ``cfg.passes`` passes. The rule's own scheme decides when updates
-    happen unless ``cfg.update_on`` / ``cfg.output_rows`` name another (PAPER.md 2.3, Fig. 6)."""
+    happen unless ``cfg.update_on`` / ``cfg.output_rows`` name another (docs/paper.md 2.3, Fig. 6)."""
     rule.check_network(cfg.T)
     rule = with_scheme(rule, cfg.update_on, cfg.output_rows)
     if data is None:

@@ -27,7 +27,7 @@ GD = ("none", "output", "full")
 
 @dataclass(frozen=True)
 class TransferConfig:
-    """Which rules, which data sets, which network shapes (PAPER.md 5.2, Fig. 3)."""
+    """Which rules, which data sets, which network shapes (docs/paper.md 5.2, Fig. 3)."""
 
     seed: int = 0  # root seed: networks (key "networks", as `train`) and example orders
     sources: str = "bench/rules/fig3_T1.json,bench/rules/fig3_T3.json"  # rule files / classic names
@@ -39,7 +39,7 @@ class TransferConfig:
     orders: int = 2  # example orders per network
     data_seed: int = 0  # synthetic task
     n_train_synthetic: int = 0  # training examples on synthetic sets (0 = all 10,000)
-    n_train_images: int = 10000  # on MNIST / Fashion-MNIST (PAPER.md 5.2: 10k examples)
+    n_train_images: int = 10000  # on MNIST / Fashion-MNIST (docs/paper.md 5.2: 10k examples)
     n_test: int = 0  # test examples (0 = all)
     passes: int = 1  # passes over the training examples
     eta: float = 0.01  # plasticity step size

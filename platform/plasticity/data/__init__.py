@@ -1,4 +1,4 @@
-"""Data sets: the four synthetic tasks and MNIST / Fashion-MNIST (PAPER.md section 4).
+"""Data sets: the four synthetic tasks and MNIST / Fashion-MNIST (docs/paper.md section 4).
 
 Public API::
 

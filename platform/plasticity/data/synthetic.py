@@ -1,4 +1,4 @@
-"""The four synthetic binary tasks of PAPER.md section 4.1: halfspace, relu1, relu2 and rnn.
+"""The four synthetic binary tasks of docs/paper.md section 4.1: halfspace, relu1, relu2 and rnn.
 
 Each task is a random labelling function of 10-dimensional inputs (standard normal by default,
 uniform [-1, 1] as the reference code's option), with 10,000 train and 10,000 test points. All

@@ -1,4 +1,4 @@
-"""Evolution of plasticity rules (PAPER.md 6.6): the paper's allele model, a GA and an ES on one
+"""Evolution of plasticity rules (docs/paper.md 6.6): the paper's allele model, a GA and an ES on one
 ask / evaluate / tell interface, evaluated through the core engine's batched networks, in
 process or on Ray actors, and compared with meta-learning GD on identical footing.
 

@@ -1,4 +1,4 @@
-"""``plasticity evolve``, ``plasticity compare`` and ``plasticity evolve-theory`` (PAPER.md 6.6)."""
+"""``plasticity evolve``, ``plasticity compare`` and ``plasticity evolve-theory`` (docs/paper.md 6.6)."""
 
 from __future__ import annotations
 
@@ -222,7 +222,7 @@ def cmd_compare(cfg: CompareConfig, args, device: str, sink: Sink) -> dict:
 
 
 def _theory_report(rows: list[dict]) -> str:
-    lines = ["# Allele-frequency trajectories against the predicted GD forms (PAPER.md 6.6)", "",
+    lines = ["# Allele-frequency trajectories against the predicted GD forms (docs/paper.md 6.6)", "",
              "step error = sum_t |dx - dx_pred| / sum_t |dx| (one generation from the measured "
              "state); trajectory error = max_t |x - xhat|_inf / max_t |x - x0|_inf.", "",
              "| theta | eps | genes | generations | step err replicator | step err (2-2x) "

@@ -1,4 +1,4 @@
-"""Configs of ``plasticity evolve``, ``compare`` and ``evolve-theory`` (PAPER.md 6.6).
+"""Configs of ``plasticity evolve``, ``compare`` and ``evolve-theory`` (docs/paper.md 6.6).
 
 Evolution searches the same rule space from the same start as meta-learning GD (``MetaConfig``):
 the trainable rule tables, drawn by ``RuleParams`` from ``seed`` and ``output_init`` /

@@ -1,4 +1,4 @@
-"""The paper's allele model (PAPER.md 6.6): natural selection of rule coefficients.
+"""The paper's allele model (docs/paper.md 6.6): natural selection of rule coefficients.
 
 Each rule coefficient Y_j is a sum of genes; each gene i has two alleles, +eps and -eps, and
 x_i is the frequency of +eps. With ``sharing="none"`` coefficient j owns ``genes`` genes
@@ -120,7 +120,7 @@ class GeneticFinite(_Genetic):
 
 class GeneticInfinite(_Genetic):
     """The deterministic infinite-population allele dynamics (the paper's model as printed,
-    with the sign and the factor x_i restored: PAPER.md 6.6 'Caution')."""
+    with the sign and the factor x_i restored: docs/paper.md 6.6 'Caution')."""
 
     name = "genetic-infinite"
 

@@ -1,4 +1,4 @@
-"""PAPER.md 6.6: the GD trajectory that selection should follow, against the measured one.
+"""docs/paper.md 6.6: the GD trajectory that selection should follow, against the measured one.
 
 With Y = M g (genetics.py), dYbar/dx_i = 2 eps M[:, i], so the gradient of the loss in the allele
 frequencies is dL/dx = 2 eps M^T dL/dY, with dL/dY the meta-gradient GD uses (autograd through

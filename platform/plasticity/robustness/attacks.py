@@ -1,4 +1,4 @@
-"""Adversarial attacks on a frozen network (PAPER.md 5.4): no plasticity at test time.
+"""Adversarial attacks on a frozen network (docs/paper.md 5.4): no plasticity at test time.
 
 Every attack takes clean inputs x [B, d] with labels y [B] and a radius ``eps`` in its own norm,
 and returns ``(x_adv [B, d], broken [B] bool)``: ``broken[b]`` is True when some iterate the attack
@@ -90,14 +90,14 @@ def _record(best, broken, x_now, logits, y):
 
 
 def double_softmax_ce(logits: torch.Tensor, target: torch.Tensor, reduction="none"):
-    """The reference code's loss (PAPER.md 8.3): cross-entropy applied to softmax outputs, so
+    """The reference code's loss (docs/paper.md 8.3): cross-entropy applied to softmax outputs, so
     softmax twice. Its gradient vanishes when the first softmax saturates (large logits)."""
     return F.cross_entropy(torch.softmax(logits, -1), target, reduction=reduction)
 
 
 def paper_l2(model: FrozenNet, x, y, eps: float, *, steps: int = 50, alpha: float = 1.0,
              loss: str = "ce", lo=0.0, hi=1.0, **_) -> tuple[torch.Tensor, torch.Tensor]:
-    """The paper's attack (PAPER.md 5.4): targeted, for every wrong target y' one run of
+    """The paper's attack (docs/paper.md 5.4): targeted, for every wrong target y' one run of
     x <- Proj_{L2(x, eps)}(x - alpha * grad_x CE(f(x), y')) along the RAW gradient, pixels clipped;
     the example is broken if any of its l - 1 runs is misclassified at some step. ``loss``:
     "ce" (on logits) or "double_softmax" (the reference code's loss, see double_softmax_ce)."""

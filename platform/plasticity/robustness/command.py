@@ -26,7 +26,7 @@ from ..rules.io import atomic_write_text
 from .attacks import FrozenNet
 from .evaluate import Budget, check_attacks, diagnostics, robustness_curves
 
-ALL_EPS = "0,0.5,1,1.5,2,2.5,3,3.5,4"  # PAPER.md 5.4 (L2)
+ALL_EPS = "0,0.5,1,1.5,2,2.5,3,3.5,4"  # docs/paper.md 5.4 (L2)
 
 
 def parse_list(name: str, text: str, conv=str) -> list:
@@ -47,7 +47,7 @@ def parse_list(name: str, text: str, conv=str) -> list:
 
 @dataclass(frozen=True)
 class AttackConfig(Common):
-    """Attack a frozen trained network (PAPER.md 5.4, Fig. 5; Table 2's robust columns)."""
+    """Attack a frozen trained network (docs/paper.md 5.4, Fig. 5; Table 2's robust columns)."""
 
     dataset: str = "mnist"  # data set of the network (pixels clipped to [0, 1] on images)
     neurons: int = 1000  # |V|
@@ -61,7 +61,7 @@ class AttackConfig(Common):
     gd_batch: int = 100  # train=gd: minibatch size
     load: str = ""  # a network.pt of an earlier run: attack it instead of training (shape from it)
     surrogate: str = ""  # network.pt of another run, for the 'transfer' attack
-    n_attack: int = 100  # random test examples attacked (PAPER.md 5.4: 100)
+    n_attack: int = 100  # random test examples attacked (docs/paper.md 5.4: 100)
     eps: str = ALL_EPS  # radii of the threat ball, comma-separated, >= 0
     norm: str = "l2"  # threat model: l2 (the paper) | linf
     attacks: str = "paper,fgsm,pgd_linf,pgd_l2,square"  # + paper_ds, transfer (attacks.ATTACKS)

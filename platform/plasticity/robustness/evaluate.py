@@ -34,7 +34,7 @@ class Budget:
     step_scale: float = 2.5  # PGD step = step_scale * eps / steps (Madry et al.)
     restarts: int = 3  # PGD restarts (restart 0 from the FGSM point / from x)
     paper_steps: int = 50  # steps of the paper's targeted attack (per target)
-    paper_alpha: float = 0.1  # its raw-gradient step size (PAPER.md 5.4: not given by the paper)
+    paper_alpha: float = 0.1  # its raw-gradient step size (docs/paper.md 5.4: not given by the paper)
     queries: int = 1000  # queries of the gradient-free random search
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ..report import pyplot, save_figure
 
-# PAPER.md 5.4, read from the paper's Fig. 5 (L2 eps 0, 0.5, ..., 4), accuracy %
+# docs/paper.md 5.4, read from the paper's Fig. 5 (L2 eps 0, 0.5, ..., 4), accuracy %
 PAPER_FIG5 = {"rule, T=3": [83, 73, 68, 68, 59, 46, 41, 36, 35],
               "rule, T=1": [92, 71, 43, 27, 12, 10, 5, 2, 0],
               "GD, T=3": [98, 55, 8, 1, 0, 0, 0, 0, 0]}

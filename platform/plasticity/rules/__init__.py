@@ -1,4 +1,4 @@
-"""Plasticity rules (PAPER.md section 2): a versioned, JSON-serialisable object.
+"""Plasticity rules (docs/paper.md section 2): a versioned, JSON-serialisable object.
 
 A ``Rule`` bundles what rule-based learning needs: the output rule (always), the RNN rule (when
 the recurrent weights are plastic), the round count T, the application mode (additive or
@@ -25,7 +25,7 @@ from .tables import (
 
 @dataclass(frozen=True)
 class Scheme:
-    """When updates happen (PAPER.md 2.3)."""
+    """When updates happen (docs/paper.md 2.3)."""
 
     update_on: str = "mistakes"  # "mistakes" (default) or "all" examples
     output_rows: str = "label_pred"  # "label_pred" (default) or "all" output rows
@@ -70,7 +70,7 @@ class LayerRule:
 
 @dataclass(frozen=True)
 class Rule:
-    """A complete plasticity rule set, ready to train a network (PAPER.md 2.1-2.3)."""
+    """A complete plasticity rule set, ready to train a network (docs/paper.md 2.1-2.3)."""
 
     T: int
     output: LayerRule

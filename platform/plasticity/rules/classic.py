@@ -1,4 +1,4 @@
-"""Named classic rules (PAPER.md 2.4 and Table 1), written in this engine's table convention.
+"""Named classic rules (docs/paper.md 2.4 and Table 1), written in this engine's table convention.
 
 Output tables are indexed [pre history, b] with b = 0 the true-label row and b = 1 the predicted
 row. For T > 1 the classic output rules look at the last round (the bit that ``h_T`` reflects).

@@ -1,4 +1,4 @@
-"""Rule parametrizations (PAPER.md 2.1) and how a rule table changes weights (PAPER.md 2.2-2.3).
+"""Rule parametrizations (docs/paper.md 2.1) and how a rule table changes weights (docs/paper.md 2.2-2.3).
 
 Every rule, whatever its parametrization, is evaluated into a table before it touches a weight:
 - RNN rule: table [S, S] with S = 2^T, indexed [pre history, post history];
@@ -115,7 +115,7 @@ def output_delta(
 ) -> torch.Tensor:
     """Scaled output-rule change. table: [S, 2] or [N, S, 2]; hist: [N, V]; y, pred, scale: [N]
     -> dU [N, l, V]: the true-label row gets table[hist, 0]; the predicted row (if it is wrong),
-    or with ``rows="all"`` every other row, gets table[hist, 1] (PAPER.md 2.2-2.3)."""
+    or with ``rows="all"`` every other row, gets table[hist, 1] (docs/paper.md 2.2-2.3)."""
     N, V = hist.shape
     tab = _batched(table, N)
     r = torch.gather(tab, 1, hist.unsqueeze(-1).expand(N, V, 2)) * scale.view(N, 1, 1)
