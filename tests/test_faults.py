@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 from plasticity.cli import all_commands
 from plasticity.evolution.driver import CHECKPOINT, run_evolution
+from procs import kill_when
 from test_cli import in_process
 from test_evolution import tiny
 from test_tracking import _free_port
@@ -54,15 +55,7 @@ def test_sigkilled_evolution_resumes_to_the_uninterrupted_result(tmp_path, capsy
     proc = subprocess.Popen([sys.executable, "-m", "plasticity", *EVOLVE, "--out", str(killed)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             start_new_session=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    try:
-        deadline = time.time() + 120
-        while _checkpoint_generation(killed) < 5:
-            assert proc.poll() is None, f"evolve ended before it could be killed: {proc.stderr.read()}"
-            assert time.time() < deadline, "no checkpoint appeared in time"
-            time.sleep(0.005)
-    finally:
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
+    kill_when(proc, lambda: _checkpoint_generation(killed) >= 5, timeout=120, what="evolve")
     assert proc.returncode == -signal.SIGKILL
     cut = _checkpoint_generation(killed)
     assert 5 <= cut < 150, cut  # killed mid-run, after a checkpoint

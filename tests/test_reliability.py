@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import sqlite3
 import subprocess
 import sys
@@ -15,6 +14,7 @@ import time
 import pytest
 from plasticity.cli import all_commands
 from plasticity.tracking import open_store
+from procs import kill_when
 from test_cli import in_process
 
 SMOKE_STEPS = all_commands()["meta-train"].presets["smoke"]["steps"]
@@ -138,16 +138,9 @@ def test_sigkilled_tracked_evolve_resumes_as_the_same_run_with_every_step_once(t
             "--seed", "5", "--tracking-uri", uri, "--out", str(out)]
     proc = subprocess.Popen([sys.executable, "-m", "plasticity", *argv], stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, start_new_session=True, env=_env())
-    try:
-        deadline = time.time() + 240
-        # the run is in the store (a first batch flushed) and the checkpoint is well past it
-        while _tracked_run_id(out) is None or _checkpoint_generation(out) < 80:
-            assert proc.poll() is None, f"evolve ended before the kill: {proc.stderr.read()}"
-            assert time.time() < deadline, "no tracked checkpoint in time"
-            time.sleep(0.005)
-    finally:
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
+    # the run is in the store (a first batch flushed) and the checkpoint is well past it
+    kill_when(proc, lambda: _tracked_run_id(out) is not None and _checkpoint_generation(out) >= 80,
+              timeout=240, what="evolve")
     cut = _checkpoint_generation(out)
     assert 80 <= cut < gens, cut
     store = open_store(uri)
@@ -228,15 +221,9 @@ def test_sigkilled_tracked_compare_resumes_as_the_same_run_with_every_step_once(
             "--no-progress", "--seed", "5", "--tracking-uri", uri, "--out", str(out)]
     proc = subprocess.Popen([sys.executable, "-m", "plasticity", *argv], stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, start_new_session=True, env=_env())
-    try:
-        deadline = time.time() + 300
-        while _tracked_run_id(out) is None or _checkpoint_generation(out / "seed6") < 10:
-            assert proc.poll() is None, f"compare ended before the kill: {proc.stderr.read()}"
-            assert time.time() < deadline, "no checkpoint of the second seed in time"
-            time.sleep(0.005)
-    finally:
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
+    kill_when(proc, lambda: (_tracked_run_id(out) is not None
+                             and _checkpoint_generation(out / "seed6") >= 10),
+              timeout=300, what="compare (second seed)")
     killed_id = _tracked_run_id(out)
     resumed = in_process(capsys, *argv, "--resume", "--json")
     assert resumed.returncode == 0, resumed.stderr
