@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from plasticity import PlasticityError
-from plasticity.data import Dataset
+from plasticity.data.dataset import Dataset
 
 IMAGE_SIDE = 28
 IMAGE_DIM = IMAGE_SIDE * IMAGE_SIDE

@@ -25,7 +25,7 @@ from collections.abc import Callable
 import torch
 
 from plasticity import PlasticityError
-from plasticity.data import Dataset
+from plasticity.data.dataset import Dataset
 from plasticity.seeding import torch_generator
 
 DIM = 10
