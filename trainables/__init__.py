@@ -16,7 +16,8 @@ from pathlib import Path
 
 from plasticity.commands import run_handler
 from plasticity.events import Sink
-from plasticity.rules.io import atomic_write_text, save_rule
+from plasticity.files import atomic_write_text
+from plasticity.rules.io import save_rule
 
 DONE = "DONE.json"  # final metrics of a finished trial
 RULES = "rules.json"  # {name: {"file": path relative to the folder, "learned": bool}}

@@ -8,18 +8,16 @@ device and an event :class:`~plasticity.events.Sink`, and return a JSON-able res
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
-
 from . import PlasticityError
 from .config import build_config, to_dict
 from .events import FanOut, JsonlSink, Sink
+from .files import jsonable, write_json  # noqa: F401 - re-exported for command modules
 
 
 @dataclass(frozen=True)
@@ -70,24 +68,6 @@ def out_dir(args, command: str) -> Path:
     if getattr(args, "out", None) is not None:
         return args.out
     return Path("runs") / f"{command}-{time.strftime('%Y%m%d-%H%M%S')}"
-
-
-def jsonable(o):
-    """``json.dumps`` default for numpy values and paths."""
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, (np.floating, np.integer)):
-        return o.item()
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
-
-
-def write_json(path: Path, obj) -> Path:
-    """Write JSON atomically (a crash leaves the previous complete file)."""
-    from .rules.io import atomic_write_text
-
-    return atomic_write_text(path, json.dumps(obj, indent=1, default=jsonable))
 
 
 def run_handler(command: Command, cfg, args, device: str, *sinks: Sink | None) -> dict:

@@ -11,22 +11,11 @@ import typing
 from dataclasses import dataclass, fields
 
 from . import PlasticityError
+from .checks import check_choice, check_positive
 from .network import FIRINGS, INPUT_WEIGHTS, RECURRENCES, check_network_shape
 from .rules.tables import MODES, OUTPUT_ROWS, PARAMETRIZATIONS, UPDATE_ON
 
 DTYPES = ("float32", "float64")
-
-
-def _choice(name: str, value: str, options: tuple[str, ...]) -> None:
-    if value not in options:
-        raise PlasticityError(f"{name}={value!r} is not one of {', '.join(options)}")
-
-
-def _positive(cfg, *names: str, allow_zero: bool = False) -> None:
-    for name in names:
-        v = getattr(cfg, name)
-        if v < 0 or (v == 0 and not allow_zero):
-            raise PlasticityError(f"{name}={v} must be {'>= 0' if allow_zero else '> 0'}")
 
 
 @dataclass(frozen=True)
@@ -51,13 +40,13 @@ class Common:
 
     def __post_init__(self):
         check_network_shape(neurons=self.neurons, k=self.k, p=self.p, T=self.T)
-        _choice("inputs", self.inputs, ("normal", "uniform"))
-        _choice("recurrence", self.recurrence, RECURRENCES)
-        _choice("firing", self.firing, FIRINGS)
-        _choice("input_weights", self.input_weights, INPUT_WEIGHTS)
-        _choice("dtype", self.dtype, DTYPES)
-        _positive(self, "eta")
-        _positive(self, "n_train", "n_test", allow_zero=True)
+        check_choice("inputs", self.inputs, ("normal", "uniform"))
+        check_choice("recurrence", self.recurrence, RECURRENCES)
+        check_choice("firing", self.firing, FIRINGS)
+        check_choice("input_weights", self.input_weights, INPUT_WEIGHTS)
+        check_choice("dtype", self.dtype, DTYPES)
+        check_positive(self, "eta")
+        check_positive(self, "n_train", "n_test", allow_zero=True)
 
 
 @dataclass(frozen=True)
@@ -75,10 +64,10 @@ class TrainConfig(Common):
 
     def __post_init__(self):
         super().__post_init__()
-        _choice("update_on", self.update_on, ("rule", *UPDATE_ON))
-        _choice("output_rows", self.output_rows, ("rule", *OUTPUT_ROWS))
-        _positive(self, "passes", "networks", "eval_every", "eval_examples")
-        _positive(self, "chunk", allow_zero=True)
+        check_choice("update_on", self.update_on, ("rule", *UPDATE_ON))
+        check_choice("output_rows", self.output_rows, ("rule", *OUTPUT_ROWS))
+        check_positive(self, "passes", "networks", "eval_every", "eval_examples")
+        check_positive(self, "chunk", allow_zero=True)
 
 
 @dataclass(frozen=True)
@@ -112,16 +101,16 @@ class MetaConfig(Common):
 
     def __post_init__(self):
         super().__post_init__()
-        _choice("learn", self.learn, ("output", "both", "rnn"))
-        _choice("mode", self.mode, MODES)
-        _choice("update_on", self.update_on, UPDATE_ON)
-        _choice("output_rows", self.output_rows, OUTPUT_ROWS)
-        _choice("rule_param", self.rule_param, PARAMETRIZATIONS)
-        _choice("meta_loss", self.meta_loss, ("logits", "softmax"))
-        _positive(self, "hidden", "episodes", "batch", "steps", "lr", "eval_every", "eval_train",
+        check_choice("learn", self.learn, ("output", "both", "rnn"))
+        check_choice("mode", self.mode, MODES)
+        check_choice("update_on", self.update_on, UPDATE_ON)
+        check_choice("output_rows", self.output_rows, OUTPUT_ROWS)
+        check_choice("rule_param", self.rule_param, PARAMETRIZATIONS)
+        check_choice("meta_loss", self.meta_loss, ("logits", "softmax"))
+        check_positive(self, "hidden", "episodes", "batch", "steps", "lr", "eval_every", "eval_train",
                   "eval_examples", "restart_after")
-        _positive(self, "restarts", allow_zero=True)
-        _positive(self, "weight_decay", "checkpoint_every", "rnn_init", "output_init",
+        check_positive(self, "restarts", allow_zero=True)
+        check_positive(self, "weight_decay", "checkpoint_every", "rnn_init", "output_init",
                   "horizon", allow_zero=True)
         if self.horizon > 0 and self.resample_networks:
             raise PlasticityError("horizon > 0 keeps networks across steps: it cannot be combined "
@@ -145,8 +134,8 @@ class BaselineConfig(Common):
 
     def __post_init__(self):
         super().__post_init__()
-        _choice("method", self.method, ("output", "full"))
-        _positive(self, "batch", "lr", "passes", "networks", "eval_every", "eval_examples")
+        check_choice("method", self.method, ("output", "full"))
+        check_positive(self, "batch", "lr", "passes", "networks", "eval_every", "eval_examples")
 
 
 def field_names(cls) -> list[str]:

@@ -107,7 +107,7 @@ class JsonlSink(Sink):
         logged after its checkpoint, and lines cut off by the kill (an atomic rewrite), then
         append the points of ``history`` (``(metrics, step)`` up to the checkpoint) the file
         lacks: every step once."""
-        from .rules.io import atomic_write_text
+        from .files import atomic_write_text
 
         self._f.close()
         keep, held = [], set()

@@ -22,11 +22,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import PlasticityError
-from .commands import run_handler, write_json
+from .commands import run_handler
 from .config import to_dict
 from .events import Sink
+from .files import atomic_write_text, write_json
 from .report import curves_plot, markdown_table, rule_heatmap, text_table
-from .rules.io import atomic_write_text
 
 IMAGES = ("mnist", "fashion_mnist")
 SIX = ("halfspace", "relu1", "relu2", "rnn", *IMAGES)

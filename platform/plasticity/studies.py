@@ -20,7 +20,8 @@ import numpy as np
 from . import PlasticityError
 from .config import BaselineConfig, MetaConfig, TrainConfig, from_dict, to_dict
 from .dynamics_study import parse_combos, report_dynamics, study_dynamics
-from .rules.io import atomic_write_text, save_rule
+from .files import atomic_write_text
+from .rules.io import save_rule
 
 SYNTHETIC = ("halfspace", "relu1", "relu2", "rnn")
 IMAGES = ("mnist", "fashion_mnist")

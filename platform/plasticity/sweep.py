@@ -25,8 +25,8 @@ import ray
 from ray import tune
 
 from . import PlasticityError
-from .commands import write_json
 from .config import parse_sets
+from .files import write_json
 from .report import markdown_table
 from .rules.io import load_rule
 

@@ -357,7 +357,7 @@ class MlflowSink(Sink):
 
     def _write_state(self) -> None:
         if self.state_file is not None:
-            from .rules.io import atomic_write_text
+            from .files import atomic_write_text
 
             atomic_write_text(self.state_file, json.dumps(
                 {"tracking_uri": self.store.uri, "run_key": self.run_key, "run_id": self.run_id}))

@@ -15,11 +15,12 @@ from pathlib import Path
 import numpy as np
 
 from . import PlasticityError
-from .commands import Command, out_dir, write_json
-from .config import DTYPES, _choice, _positive, to_dict
+from .checks import check_choice, check_positive, parse_list
+from .commands import Command, out_dir
+from .config import DTYPES, to_dict
 from .events import Sink
+from .files import write_json
 from .network import FIRINGS, RECURRENCES, check_network_shape
-from .robustness.command import parse_list
 from .studies import FIG3_NETS, IMAGES, PAPER_FIG3
 
 GD = ("none", "output", "full")
@@ -56,14 +57,14 @@ class TransferConfig:
     def __post_init__(self):
         from .data import DATASETS
 
-        _choice("lift", self.lift, ("none", "last_round"))
-        _choice("gd", self.gd, GD)
-        _choice("dtype", self.dtype, DTYPES)
-        _choice("recurrence", self.recurrence, RECURRENCES)
-        _choice("firing", self.firing, FIRINGS)
-        _positive(self, "seeds", "orders", "passes", "eta", "gd_lr", "gd_batch", "eval_every",
+        check_choice("lift", self.lift, ("none", "last_round"))
+        check_choice("gd", self.gd, GD)
+        check_choice("dtype", self.dtype, DTYPES)
+        check_choice("recurrence", self.recurrence, RECURRENCES)
+        check_choice("firing", self.firing, FIRINGS)
+        check_positive(self, "seeds", "orders", "passes", "eta", "gd_lr", "gd_batch", "eval_every",
                   "eval_examples")
-        _positive(self, "n_train_synthetic", "n_train_images", "n_test", allow_zero=True)
+        check_positive(self, "n_train_synthetic", "n_train_images", "n_test", allow_zero=True)
         for d in self.target_list:
             if d not in DATASETS:
                 raise PlasticityError(f"unknown dataset '{d}' in targets: use {', '.join(DATASETS)}")
@@ -120,7 +121,8 @@ def _paper_value(rule, neurons: int, T: int, dataset: str):
 
 def cmd_transfer(cfg: TransferConfig, args, device: str, sink: Sink) -> dict:
     from .data import load_dataset
-    from .rules.io import atomic_write_text, load_rule
+    from .files import atomic_write_text
+    from .rules.io import load_rule
     from .transfer import lift_rule, transfer_cell
 
     t0 = time.time()

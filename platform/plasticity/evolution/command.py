@@ -9,9 +9,10 @@ from pathlib import Path
 import numpy as np
 
 from .. import PlasticityError
-from ..commands import Command, write_json
+from ..commands import Command
 from ..config import to_dict
 from ..events import Sink
+from ..files import write_json
 from ..theory import PERCEPTRON_SIGNS, sign_pattern
 from .config import PRESETS, CompareConfig, EvolutionConfig, TheoryConfig
 

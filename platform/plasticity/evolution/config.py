@@ -12,7 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .. import PlasticityError
-from ..config import Common, MetaConfig, _choice, _positive
+from ..checks import check_choice, check_positive
+from ..config import Common, MetaConfig
 from ..rules.tables import MODES, OUTPUT_ROWS, UPDATE_ON
 
 STRATEGIES = ("genetic", "ga", "es")
@@ -51,16 +52,16 @@ class EvolutionConfig(Common):
 
     def __post_init__(self):
         super().__post_init__()
-        _choice("strategy", self.strategy, STRATEGIES)
-        _choice("sharing", self.sharing, SHARING)
-        _choice("learn", self.learn, ("output", "both", "rnn"))
-        _choice("mode", self.mode, MODES)
-        _choice("update_on", self.update_on, UPDATE_ON)
-        _choice("output_rows", self.output_rows, OUTPUT_ROWS)
+        check_choice("strategy", self.strategy, STRATEGIES)
+        check_choice("sharing", self.sharing, SHARING)
+        check_choice("learn", self.learn, ("output", "both", "rnn"))
+        check_choice("mode", self.mode, MODES)
+        check_choice("update_on", self.update_on, UPDATE_ON)
+        check_choice("output_rows", self.output_rows, OUTPUT_ROWS)
         if self.population < 2:
             raise PlasticityError(f"population={self.population} must be >= 2")
-        _positive(self, "generations", "genes", "eps", "theta", "sigma", "lr", "episodes", "batch")
-        _positive(self, "weight_decay", "workers", "cpus_per_worker", "gpus_per_worker",
+        check_positive(self, "generations", "genes", "eps", "theta", "sigma", "lr", "episodes", "batch")
+        check_positive(self, "weight_decay", "workers", "cpus_per_worker", "gpus_per_worker",
                   "elites", "rnn_init", "output_init", allow_zero=True)
         if not 0.0 < self.truncation <= 1.0:
             raise PlasticityError(f"truncation={self.truncation} must lie in (0, 1]")
@@ -95,8 +96,8 @@ class CompareConfig(EvolutionConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        _positive(self, "seeds", "eval_train", "eval_examples", "eval_networks")
-        _positive(self, "gd_steps", allow_zero=True)
+        check_positive(self, "seeds", "eval_train", "eval_examples", "eval_networks")
+        check_positive(self, "gd_steps", allow_zero=True)
 
 
 @dataclass(frozen=True)

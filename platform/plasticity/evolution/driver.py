@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 
 from .. import PlasticityError
-from ..commands import write_json
 from ..config import to_dict
 from ..events import Sink
+from ..files import write_json
 from .evaluate import PopulationEvaluator, RuleSpace, generation_batches
 from .strategies import make_strategy, method_name
 

@@ -17,32 +17,17 @@ from pathlib import Path
 import torch
 
 from .. import PlasticityError
+from ..checks import check_choice, check_positive, parse_list
 from ..cli import _rule_arg
-from ..commands import Command, out_dir, write_json
-from ..config import Common, _choice, _positive, to_dict
+from ..commands import Command, out_dir
+from ..config import Common, to_dict
 from ..events import Sink
+from ..files import atomic_write_text, write_json
 from ..network import Networks
-from ..rules.io import atomic_write_text
 from .attacks import FrozenNet
 from .evaluate import Budget, check_attacks, diagnostics, robustness_curves
 
 ALL_EPS = "0,0.5,1,1.5,2,2.5,3,3.5,4"  # docs/paper.md 5.4 (L2)
-
-
-def parse_list(name: str, text: str, conv=str) -> list:
-    """'a,b,c' -> [conv(a), ...], strictly: an empty or malformed item is a PlasticityError."""
-    items = [t.strip() for t in str(text).split(",")]
-    if not text or any(not t for t in items):
-        raise PlasticityError(f"{name}='{text}' must be a comma-separated list with no empty items")
-    out = []
-    for t in items:
-        try:
-            out.append(conv(t))
-        except ValueError:
-            raise PlasticityError(f"{name}='{text}': '{t}' is not a valid {conv.__name__}") from None
-    if conv is float and any(v != v or abs(v) == float("inf") for v in out):
-        raise PlasticityError(f"{name}='{text}' must be finite numbers")
-    return out
 
 
 @dataclass(frozen=True)
@@ -75,11 +60,11 @@ class AttackConfig(Common):
 
     def __post_init__(self):
         super().__post_init__()
-        _choice("train", self.train, ("rule", "gd"))
-        _choice("gd_method", self.gd_method, ("full", "output"))
-        _positive(self, "passes", "gd_lr", "gd_batch", "n_attack", "steps", "step_scale",
+        check_choice("train", self.train, ("rule", "gd"))
+        check_choice("gd_method", self.gd_method, ("full", "output"))
+        check_positive(self, "passes", "gd_lr", "gd_batch", "n_attack", "steps", "step_scale",
                   "restarts", "paper_steps", "paper_alpha", "queries")
-        _positive(self, "images", allow_zero=True)
+        check_positive(self, "images", allow_zero=True)
         if any(e < 0 for e in self.eps_list):
             raise PlasticityError(f"eps='{self.eps}' has a negative radius: every eps must be >= 0")
         check_attacks(self.attack_list, self.norm)

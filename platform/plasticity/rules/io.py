@@ -17,13 +17,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 
 from .. import PlasticityError
+from ..files import atomic_write_text
 from . import LayerRule, Rule, Scheme
 
 FORMAT = "plasticity-rule"
@@ -56,23 +55,6 @@ def rule_to_dict(rule: Rule) -> dict:
         "rnn": layer(rule.rnn),
         "provenance": rule.provenance,
     }
-
-
-def atomic_write_text(path: str | Path, text: str) -> Path:
-    """Write ``text`` to ``path`` atomically: a complete new file or the previous one, never half."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def save_rule(rule: Rule, path: str | Path) -> Path:
