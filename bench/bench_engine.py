@@ -30,7 +30,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 
-LEARNED = HERE / "rules" / "fig3_T3.json"  # the T=3 rule meta-learned by `study fig3 --preset paper`
+# the T=3 rule meta-learned by `study fig3 --preset paper`, shipped as package data
+LEARNED = HERE.parent / "platform" / "plasticity" / "rules" / "data" / "fig3_T3.json"
 RULES = ("hebb+perceptron", "dense", "perceptron") + (("learned",) if LEARNED.exists() else ())
 
 
@@ -89,7 +90,7 @@ def _load_images(n_train: int, random: bool = False):
 def _rule(name: str, T: int):
     """hebb+perceptron or perceptron (classic), "dense": a meta-learned-like rule with every
     RNN table entry non-zero (N(0, 0.1^2)) and the perceptron output rule, or "learned": the
-    RNN + output rules meta-learned on ReLU1 for Fig. 3 (bench/rules/fig3_T3.json)."""
+    RNN + output rules meta-learned on ReLU1 for Fig. 3 (fig3_T3)."""
     import torch
     from plasticity.rules import LayerRule, Rule
     from plasticity.rules.classic import classic_rule, perceptron

@@ -21,7 +21,7 @@ import statistics
 import time
 from pathlib import Path
 
-os.environ.setdefault("RAY_AUTH_MODE", "token")  # Ray's token authentication on (README, Security)
+os.environ.setdefault("RAY_AUTH_MODE", "token")  # Ray's token authentication on (docs/security.md)
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import numpy as np

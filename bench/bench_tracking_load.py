@@ -2,7 +2,7 @@
 
 Runs ``plasticity sweep smoke --samples N`` (meta-train smoke trials, a few seconds each) with
 ``--cpus-per-trial 1`` on a local Ray of ``--cpus`` CPUs (that many trials at once), every trial
-an MLflow child run logged by the driver's Tune callback (plasticity.sweep.TrialLogger). The
+an MLflow child run logged by the driver's Tune callback (plasticity.commands.sweep.TrialLogger). The
 callback's methods are wrapped with a timer, so the tracking cost is measured, not guessed.
 Then it checks through MlflowClient that every trial is a FINISHED child run holding every
 metric step its ``events.jsonl`` holds, exactly once, and that the sqlite file passes
@@ -35,7 +35,7 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-os.environ.setdefault("RAY_AUTH_MODE", "token")  # Ray's token authentication on (README, Security)
+os.environ.setdefault("RAY_AUTH_MODE", "token")  # Ray's token authentication on (docs/security.md)
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 HOOKS = ("on_trial_start", "on_trial_result", "on_trial_complete", "on_trial_error")
@@ -47,7 +47,7 @@ def _uptime() -> str:
 
 def _instrument(timings: dict, spans: dict):
     """Wrap TrialLogger's hooks: seconds spent per hook, and each trial's start/end times."""
-    from plasticity.sweep import TrialLogger
+    from plasticity.commands.sweep import TrialLogger
 
     originals = {name: getattr(TrialLogger, name) for name in HOOKS}
 

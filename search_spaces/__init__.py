@@ -10,16 +10,14 @@ fails in CI, not on a cluster.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from plasticity import PlasticityError
 from ray import tune
 
 IMAGES = ("mnist", "fashion_mnist")
 SIX = ("halfspace", "relu1", "relu2", "rnn", *IMAGES)
-# The Fig. 3 rules shipped with the repository (meta-learned by GD, README "Fig. 3"); absolute
-# paths because Tune trials run in another working directory.
-RULES = Path(__file__).resolve().parents[1] / "bench" / "rules"
+# The Fig. 3 rules are shipped with the package (rules/data, meta-learned by GD, results/README.md
+# "Fig. 3") and named fig3_T1 / fig3_T3: no path, so Tune trials find them from any directory.
 
 
 @dataclass(frozen=True)
@@ -41,7 +39,7 @@ def _half(config: dict) -> int:
 
 
 def _fig3_rule(config: dict) -> str:
-    return str(RULES / f"fig3_T{int(config['T'])}.json")
+    return f"fig3_T{int(config['T'])}"  # a rule shipped with the package (rules/data)
 
 
 SPACES: dict[str, Space] = {
@@ -72,7 +70,7 @@ SPACES: dict[str, Space] = {
     "robustness": Space(
         "attack", "quick",
         {"dataset": tune.grid_search(list(IMAGES)), "train": tune.grid_search(["rule", "gd"]),
-         "T": 3, "rule": str(RULES / "fig3_T3.json"), "seed": tune.randint(0, 10_000)},
+         "T": 3, "rule": "fig3_T3", "seed": tune.randint(0, 10_000)},
         metric="attack/clean_test_accuracy", mode="max",
         help="Table 2 / Fig. 5: networks trained by a plasticity rule vs by GD, attacked at every "
              "eps (worst case over attacks logged per eps)", gpus=1.0),

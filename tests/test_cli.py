@@ -9,7 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from plasticity.cli import all_commands, main, run
+from plasticity.cli import main, run
+from plasticity.commands import config_commands as all_commands
 from plasticity.rules.classic import classic_rule
 from plasticity.rules.io import save_rule
 

@@ -275,7 +275,7 @@ def test_perceptron_beats_majority_on_synthetic(name):
 
 
 def test_perceptron_falls_below_the_majority_class_on_relu2():
-    """A finding (README "Decisions and deviations"): the classic perceptron [[-1,+1],[+1,-1]]
+    """A finding (docs/decisions.md): the classic perceptron [[-1,+1],[+1,-1]]
     ends BELOW the majority class on relu2 (~0.37 vs 0.70; the float64 reference agrees): the
     'did not fire' row adds a uniform -c to U[1]-U[0], which on a readout of h >= 0 acts as a
     bias on total activity, towards the minority class."""
@@ -410,7 +410,8 @@ def test_exploding_rule_is_detected_and_contained(tmp_path):
     diverged, stop learning, and nothing non-finite can be saved as a rule."""
     import json
 
-    from plasticity.cli import all_commands, main
+    from plasticity.cli import main
+    from plasticity.commands import config_commands as all_commands
     from plasticity.rules import LayerRule, Rule
     from plasticity.rules.io import save_rule
 

@@ -9,7 +9,8 @@ import json
 import numpy as np
 import pytest
 import torch
-from plasticity.cli import all_commands, main
+from plasticity.cli import main
+from plasticity.commands import config_commands as all_commands
 from plasticity.data import load_dataset
 from plasticity.evolution.config import EvolutionConfig
 from plasticity.evolution.driver import CHECKPOINT, run_evolution
@@ -17,7 +18,7 @@ from plasticity.evolution.evaluate import PopulationEvaluator, RuleSpace, genera
 from plasticity.evolution.genetics import GeneticFinite, GeneticInfinite, gene_map
 from plasticity.evolution.strategies import ES, GA, centred_ranks
 from plasticity.evolution.theory import FORMS, allele_gradient, predicted_step
-from plasticity.meta import _episode_batches, episode_loss
+from plasticity.meta import episode_batches, episode_loss
 from plasticity.rules import Scheme
 
 TINY = dict(n_train=300, n_test=200, neurons=20, k=10, episodes=2, batch=10, population=6,
@@ -104,7 +105,7 @@ def test_population_losses_are_the_meta_learning_loss(halfspace):
     cfg = tiny(weight_decay=0.05)
     meta = cfg.meta_config()
     ev = PopulationEvaluator(meta, halfspace)
-    idx = next(_episode_batches(meta, 300, "cpu"))
+    idx = next(episode_batches(meta, 300, "cpu"))
     assert torch.equal(idx, next(generation_batches(meta, 300)))
     coeffs = np.random.default_rng(0).normal(size=(5, 4))
     batched = ev.losses(coeffs, idx.numpy())

@@ -16,12 +16,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from plasticity.cli import all_commands
+from plasticity.commands import config_commands as all_commands
 from plasticity.evolution.driver import CHECKPOINT, run_evolution
 from procs import kill_when
 from test_cli import in_process
 from test_evolution import tiny
-from test_tracking import _free_port
+from test_tracking import free_port
 
 
 def _strip(history: list[dict]) -> list[dict]:
@@ -93,8 +93,8 @@ def test_sigkilled_evolution_resumes_to_the_uninterrupted_result(tmp_path, capsy
 @pytest.mark.parametrize("fault", ["replace", "fsync"])
 def test_interrupted_checkpoint_write_keeps_the_previous_one_and_resume_works(
         fault, tmp_path, monkeypatch):
+    from plasticity import files as rules_io
     from plasticity.data import load_dataset
-    from plasticity.rules import io as rules_io
 
     data = load_dataset("halfspace")
     cfg = tiny(generations=5)
@@ -126,12 +126,13 @@ def test_interrupted_checkpoint_write_keeps_the_previous_one_and_resume_works(
 # --- 2. a Tune trial that raises: reported as an error, the other trials finish -------------
 
 def test_a_failing_trial_is_an_error_and_the_others_finish(ray_local, tmp_path, capsys, monkeypatch):
+    from plasticity.rules.refs import shipped_path
     from plasticity.tracking import child_runs, open_store
     from ray import tune
 
     import search_spaces
 
-    good = json.loads((search_spaces.RULES / "fig3_T1.json").read_text())
+    good = json.loads(shipped_path("fig3_T1").read_text())
     broken = tmp_path / "half_copied_rule.json"  # a rule file cut off while being copied
     broken.write_text(json.dumps(good)[:200])
     space = search_spaces.Space(
@@ -244,7 +245,7 @@ def _stop(proc: subprocess.Popen, sig=signal.SIGKILL) -> None:
 def test_tracking_server_restart_mid_run_loses_and_duplicates_no_metric(tmp_path):
     from mlflow import MlflowClient
 
-    port = _free_port()
+    port = free_port()
     base = f"http://127.0.0.1:{port}"
     server = _start_server(port, tmp_path)
     out = tmp_path / "evolve"

@@ -6,9 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 from plasticity import PlasticityError
-from plasticity.config import PRESETS, MetaConfig
+from plasticity.commands.meta_train import PRESETS as META_PRESETS
+from plasticity.config import MetaConfig
 from plasticity.data import load_dataset
-from plasticity.meta import RuleParams, _Lives, evaluate_rule, meta_train
+from plasticity.meta import Lives, RuleParams, evaluate_rule, meta_train
 from plasticity.network import make_networks
 from plasticity.rules.classic import perceptron
 from plasticity.theory import sign_pattern
@@ -21,13 +22,13 @@ def tiny(**kw) -> MetaConfig:
 
 
 def test_gd_turns_the_anti_perceptron_output_rule_into_the_perceptron():
-    """docs/paper.md 6 / README "The last layer": meta-learning the T=1 output rule on Halfspace from a
+    """docs/paper.md 6 / results/README.md "The last layer": meta-learning the T=1 output rule on Halfspace from a
     fixed start whose column differences d[a] = r[a,0] - r[a,1] have the wrong signs (the
     anti-perceptron [+,-;-,+]) lowers the meta-loss and ends with d[0] < 0 < d[1], the part of the
     table the loss sees (with two classes the common part of each row cancels). About 1 s."""
     # Catches: no optimizer step, a gradient of the wrong sign, an unroll that cuts the gradient
     # to the rule, an output rule applied to the wrong rows (the target is the perceptron).
-    smoke = PRESETS["meta-train"]["smoke"]
+    smoke = META_PRESETS["smoke"]
     cfg = MetaConfig(**{**smoke, "steps": 40, "eval_every": 40, "lr": 0.1, "output_init": 1.0,
                         "seed": 4, "dataset": "halfspace", "T": 1, "learn": "output"})
     data = load_dataset("halfspace")
@@ -53,7 +54,7 @@ def test_gd_turns_the_anti_perceptron_output_rule_into_the_perceptron():
 def test_lives_keep_learning_and_restart_staggered():
     cfg = tiny(horizon=30)  # 3 steps of 10 examples per life
     nets = make_networks(4, 10, 2, neurons=20, k=10, p=0.5, T=3, seed=0)
-    lives = _Lives(cfg, nets)
+    lives = Lives(cfg, nets)
     assert lives.age == [0, 0, 1, 2]  # staggered: every step sees networks of several ages
     W, U = lives.start(nets)
     assert torch.all(W == 0) and torch.all(U == 0)

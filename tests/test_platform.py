@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from plasticity.reproduce import SIZES, stages
+from plasticity.commands.reproduce import SIZES, stages
 from plasticity.tracking import child_runs, open_store
 from test_cli import assert_one_line_error, in_process
 
@@ -49,7 +49,7 @@ def test_cluster_yaml_passes_rays_schema():
 
 @pytest.mark.parametrize("preset", sorted(SIZES))
 def test_every_reproduce_stage_builds_a_valid_config(preset, tmp_path):
-    from plasticity.platform_commands import prepare_command
+    from plasticity.commands import prepare
 
     plan = stages(preset)
     names = [s.name for s in plan]
@@ -61,7 +61,7 @@ def test_every_reproduce_stage_builds_a_valid_config(preset, tmp_path):
             assert refs and set(refs.split(",")) <= set(names[:i]), (stage.name, refs)
             # an earlier stage's rule: any valid rule of the right T
             sets[key] = str(ROOT / "bench" / "rules" / f"fig3_T{sets.get('T', 1)}.json")
-        command, cfg, _ = prepare_command(stage.command, stage.preset, sets, tmp_path / stage.name)
+        command, cfg, _ = prepare(stage.command, stage.preset, sets, tmp_path / stage.name)
         assert isinstance(cfg, command.config), stage.name
         # Catches: a stage field the command drops, or a preset that overrides the stage's own
         for key, value in sets.items():
@@ -134,7 +134,7 @@ def test_bad_reproduce_input_is_one_line_exit_2(args, needle, tmp_path, capsys):
     assert_one_line_error(proc, needle)
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -142,14 +142,19 @@ def _free_port() -> int:
 
 @pytest.mark.slow  # ~20 s: the MLflow UI server starts
 def test_ui_serves_the_store_on_loopback_and_stops_on_ctrl_c(tmp_path):
-    port = _free_port()
+    port = free_port()
     ui = subprocess.Popen([sys.executable, "-m", "plasticity", "ui", "--port", str(port),
                            "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db"],
                           stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
                           start_new_session=True)
     try:
         line = ui.stdout.readline()
-        assert f"http://127.0.0.1:{port}" in line
+        # the address opens the experiment's training runs, not MLflow 3's GenAI view
+        from mlflow import MlflowClient
+
+        exp = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db").get_experiment_by_name("plasticity")
+        assert (f"http://127.0.0.1:{port}/#/experiments/{exp.experiment_id}/runs?"
+                "workflowType=machine_learning") in line
         deadline = time.time() + 90
         while True:
             try:

@@ -24,10 +24,10 @@ from test_cli import assert_one_line_error
 CLUSTER = r"""
 import sys
 import ray
-from plasticity.cli import all_commands
+from plasticity.commands import config_commands as all_commands
 from plasticity.evolution.driver import make_pool
 
-cfg = all_commands()["evolve"].build("evolve", "smoke", {"workers": 2}, None)
+cfg = all_commands()["evolve"].build("smoke", {"workers": 2}, None)
 pool = make_pool(cfg, None, "cpu")  # what `plasticity evolve --set workers=2` does
 print(ray.get_runtime_context().gcs_address, len(pool.actors), flush=True)
 sys.stdin.read()  # until the test closes stdin

@@ -12,7 +12,7 @@ import sys
 import time
 
 import pytest
-from plasticity.cli import all_commands
+from plasticity.commands import config_commands as all_commands
 from plasticity.tracking import open_store
 from procs import kill_when
 from test_cli import in_process

@@ -7,7 +7,8 @@ import json
 
 import pytest
 import torch
-from plasticity.cli import all_commands, main
+from plasticity.cli import main
+from plasticity.commands import config_commands as all_commands
 from plasticity.config import TrainConfig
 from plasticity.data import load_dataset
 from plasticity.experiment import run_networks
@@ -163,7 +164,7 @@ def _run(capsys, *args):
     (["eps=a"], "eps"),
     (["attacks=paper,bogus"], "unknown attack 'bogus'"),
     (["norm=l3"], "norm"),
-    (["rule=bench/rules/fig3_T1.json", "T=3"], "rule has T=1"),
+    (["rule=fig3_T1", "T=3"], "rule has T=1"),
     (["load=/nonexistent/network.pt"], "not found"),
 ])
 def test_bad_input_is_one_line_exit_2(capsys, tmp_path, sets, needle):

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from plasticity.cli import all_commands
+from plasticity.commands import config_commands as all_commands
 from plasticity.tracking import child_runs, open_store
 from test_cli import assert_one_line_error, in_process
 
@@ -30,7 +30,7 @@ def test_every_space_samples_into_a_valid_config(name):
     configs = sample(space, 2)
     assert configs
     for cfg in configs:
-        built = command.build(space.command, space.preset, cfg, None)
+        built = command.build(space.preset, cfg, None)
         for key, value in cfg.items():
             assert getattr(built, key) == value  # the sampled field reaches the config
         if "rule" in cfg and str(cfg["rule"]).endswith(".json"):
@@ -195,8 +195,8 @@ def test_a_trial_that_finished_while_the_driver_was_down_gets_every_step(tmp_pat
     """The resumed driver sees only the finished trial's final report (its last step): the
     steps before come from the trial's events.jsonl, none twice (found by the kill test above,
     when a trial finished between Tune's last snapshot and the kill: its run held step 6 only)."""
+    from plasticity.commands.sweep import TrialLogger
     from plasticity.events import JsonlSink
-    from plasticity.sweep import TrialLogger
 
     store = open_store(f"sqlite:///{tmp_path}/mlflow.db")
     ev = JsonlSink(tmp_path / "trial" / "events.jsonl")

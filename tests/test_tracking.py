@@ -97,7 +97,7 @@ def test_meta_train_logs_and_registers_its_rule_then_train_uses_it(store, tmp_pa
     assert len(_runs(store)) == n + 1  # nothing half-written
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -109,7 +109,7 @@ def _free_port() -> int:
     ("ftp://example", "not supported"),
 ])
 def test_unusable_tracking_uri_is_one_line_exit_2(uri, needle, tmp_path, capsys):
-    uri = uri.format(port=_free_port())
+    uri = uri.format(port=free_port())
     proc = in_process(capsys, "train", "--preset", "smoke", "--tracking-uri", uri,
                       "--out", str(tmp_path / "o"))
     assert_one_line_error(proc, needle)
@@ -123,7 +123,7 @@ def _rest(base: str, path: str, body: dict | None = None) -> dict:
 
 
 def test_mlflow_server_over_http(tmp_path, capsys):
-    port = _free_port()
+    port = free_port()
     base = f"http://127.0.0.1:{port}"
     mlflow_bin = str(Path(sys.executable).parent / "mlflow")
     server = subprocess.Popen(

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import requests
 from test_cli import assert_one_line_error, in_process
-from test_tracking import _free_port
+from test_tracking import free_port
 
 USER, PASSWORD = "alice", "correct-horse-battery-staple"
 
@@ -32,7 +32,7 @@ def server(tmp_path_factory):
     root = tmp_path_factory.mktemp("auth-server")
     home = root / "home"
     home.mkdir()
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     proc = subprocess.Popen(
         [sys.executable, "-m", "plasticity", "server", "--port", str(port),
@@ -155,7 +155,7 @@ def test_server_without_private_credentials_is_one_line_exit_2(tmp_path, capsys,
     for k in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
         monkeypatch.delenv(k, raising=False)
     monkeypatch.setenv("HOME", str(tmp_path))
-    args = ("server", "--port", str(_free_port()), "--tracking-uri", f"sqlite:///{tmp_path}/m.db")
+    args = ("server", "--port", str(free_port()), "--tracking-uri", f"sqlite:///{tmp_path}/m.db")
     assert_one_line_error(in_process(capsys, *args), "needs credentials", "MLFLOW_TRACKING_PASSWORD")
     creds = tmp_path / ".mlflow" / "credentials"
     creds.parent.mkdir()
@@ -175,7 +175,7 @@ def test_a_refused_request_is_not_retried(code, needle):
     """A 401/403 ends at once in one line, unlike an outage (retried for up to retry_s)."""
     from mlflow.exceptions import MlflowException
     from plasticity import PlasticityError
-    from plasticity.tracking import RetryingClient, _transient
+    from plasticity.tracking import RetryingClient, transient
 
     calls = []
 
@@ -190,4 +190,4 @@ def test_a_refused_request_is_not_retried(code, needle):
     with pytest.raises(PlasticityError, match=re.escape(needle)):
         client.log_batch("run")
     assert calls == [1] and time.time() - t0 < 1
-    assert not _transient(MlflowException(f"failed with error code {code} != 200"))
+    assert not transient(MlflowException(f"failed with error code {code} != 200"))

@@ -11,6 +11,7 @@ from plasticity.cli import main
 from plasticity.data import load_dataset
 from plasticity.rules.classic import classic_rule
 from plasticity.rules.io import load_rule
+from plasticity.rules.refs import shipped_path
 from plasticity.transfer import lift_rule, transfer_cell
 
 SMALL = dict(neurons=40, k=20, n_train=400, n_test=300, eval_every=100, eval_examples=200)
@@ -22,7 +23,7 @@ def halfspace():
 
 
 def test_lifted_rule_without_rnn_rule_trains_exactly_the_T1_network(halfspace):
-    rule = load_rule("bench/rules/fig3_T1.json")
+    rule = load_rule(shipped_path("fig3_T1"))
     one = transfer_cell(rule, halfspace, T=1, seeds=2, orders=1, **SMALL)
     lifted = transfer_cell(lift_rule(rule, 3), halfspace, T=3, seeds=2, orders=1, **SMALL)
     np.testing.assert_array_equal(one.accuracy, lifted.accuracy)
@@ -30,7 +31,7 @@ def test_lifted_rule_without_rnn_rule_trains_exactly_the_T1_network(halfspace):
 
 
 def test_lift_borrows_the_rnn_rule_and_refuses_wrong_T():
-    t1, t3 = load_rule("bench/rules/fig3_T1.json"), load_rule("bench/rules/fig3_T3.json")
+    t1, t3 = load_rule(shipped_path("fig3_T1")), load_rule(shipped_path("fig3_T3"))
     lifted = lift_rule(t1, 3, t3)
     assert lifted.T == 3 and lifted.rnn is t3.rnn
     table, base = lifted.output.table().numpy(), t1.output.table().numpy()
@@ -44,7 +45,7 @@ def test_lift_borrows_the_rnn_rule_and_refuses_wrong_T():
 
 
 def test_cells_are_seeds_times_orders_and_learn(halfspace):
-    rule = load_rule("bench/rules/fig3_T1.json")
+    rule = load_rule(shipped_path("fig3_T1"))
     big = transfer_cell(rule, halfspace, T=1, seeds=2, orders=2, gd="output", **SMALL)
     assert big.accuracy.shape == (4,) and big.curve.shape[1] == 4
     assert big.accuracy.mean() > 0.7  # halfspace is learnable well above chance
@@ -66,7 +67,7 @@ def _run(capsys, *args):
 def test_transfer_command_smoke_writes_matrix_and_curves(capsys, tmp_path):
     code, out, _ = _run(capsys, "--preset", "smoke", "--out", str(tmp_path), "--json",
                         "--set", "targets=halfspace,relu1", "--set", "shapes=40x20,40x20x3",
-                        "--set", "lift=last_round", "--set", "lift_rnn=bench/rules/fig3_T3.json")
+                        "--set", "lift=last_round", "--set", "lift_rnn=fig3_T3")
     assert code == 0, out
     res = json.loads(out)
     keys = set(res["cells"])
@@ -84,7 +85,7 @@ def test_transfer_command_smoke_writes_matrix_and_curves(capsys, tmp_path):
 
 @pytest.mark.parametrize("sets, needle", [
     (["shapes=40x20x3"], "set lift=last_round"),
-    (["sources=bench/rules/fig3_T3.json", "shapes=40x20x1", "lift=last_round"], "only T=1"),
+    (["sources=fig3_T3", "shapes=40x20x1", "lift=last_round"], "only T=1"),
     (["targets=halfspace,cifar"], "unknown dataset 'cifar'"),
     (["shapes=40by20"], "shape '40by20'"),
     (["shapes=40x50"], "k=50"),

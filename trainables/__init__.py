@@ -1,4 +1,4 @@
-"""Ray Tune function trainables: a config dict in, a ``plasticity`` command's handler, tune.report.
+"""Ray Tune function trainables: a config dict in, a registered command's handler, tune.report.
 
 One adapter serves every command (meta-learning by GD, evolution, rule-based training/transfer,
 attacks): a trial is ``Command.handler`` of a registered command with its config built from the
@@ -6,7 +6,7 @@ trial's sampled fields over a preset, and a sink that forwards the handler's met
 ``tune.report``. The last report carries a checkpoint (the trial's output folder: result.json,
 events.jsonl, the rules). A trial that already finished (its folder holds DONE.json) reports its
 stored result instead of running again, so a resumed sweep never re-runs a finished trial.
-Trials never talk to MLflow: the driver logs them (plasticity.sweep).
+Trials never talk to MLflow: the driver logs them (plasticity.commands.sweep).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from plasticity.commands import run_handler
+from plasticity.commands import prepare, run_handler
 from plasticity.events import Sink
 from plasticity.files import atomic_write_text
 from plasticity.rules.io import save_rule
@@ -69,7 +69,6 @@ def command_trainable(config: dict, command: str, preset: str | None, root: str,
     """Run ``plasticity <command> --preset <preset>`` with ``config`` as ``--set`` fields, output
     in ``root/<trial id>`` (an absolute path: Tune trials run in other working directories)."""
     import ray
-    from plasticity.platform_commands import prepare_command
     from ray import tune
     from ray.tune import Checkpoint
 
@@ -80,7 +79,8 @@ def command_trainable(config: dict, command: str, preset: str | None, root: str,
     # a trial cut off by a killed driver runs again from its start: its events start afresh
     # (events.jsonl holds every step once, as its MLflow child run, which the driver logs anew)
     (out / "events.jsonl").unlink(missing_ok=True)
-    cmd, cfg, args = prepare_command(command, preset, config, out)
+    cmd, cfg, ctx = prepare(command, preset, config, out,
+                            device="cuda" if ray.get_gpu_ids() else "cpu")
     sink = TuneSink(out, metric)
-    result = run_handler(cmd, cfg, args, "cuda" if ray.get_gpu_ids() else "cpu", sink)
+    result = run_handler(cmd, cfg, ctx, sink)
     tune.report(sink.finish(command, result), checkpoint=Checkpoint.from_directory(out))

@@ -8,9 +8,9 @@ import os as _os
 
 __version__ = "0.1.0"
 
-# Ray's token authentication stays on wherever the platform starts or joins Ray (README,
-# Security; plasticity.ray_cluster). Ray reads the mode once, when it is imported: set here, it
-# is in force before any module of the package imports ray. A mode the user set is kept.
+# Ray's token authentication stays on wherever the platform starts or joins Ray (docs/security.md;
+# plasticity.ray_cluster). Ray reads the mode once, when it is imported: set here, it is in force
+# before any module of the package imports ray. A mode the user set is kept.
 _os.environ.setdefault("RAY_AUTH_MODE", "token")
 
 

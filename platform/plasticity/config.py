@@ -1,4 +1,5 @@
-"""Configuration: small frozen dataclasses, one strict parser, named presets.
+"""Configuration: small frozen dataclasses and one strict parser (each command's presets live in
+its module of :mod:`plasticity.commands`).
 
 Field names are the CLI's ``--set`` keys, the Tune search-space keys and the MLflow param names.
 Every command's config is flat so ``--set neurons=1000`` means the same thing everywhere.
@@ -53,7 +54,8 @@ class Common:
 class TrainConfig(Common):
     """Rule-based training (no backprop) of fresh networks by a frozen rule."""
 
-    rule: str = "perceptron"  # a classic rule name (perceptron, winnow, hebb+perceptron) or a JSON path
+    rule: str = "perceptron"  # classic (perceptron, winnow, hebb+perceptron), shipped (fig3_T1, fig3_T3),
+    #                           a rule JSON path or models:/NAME/VERSION
     passes: int = 1  # passes over the training examples
     networks: int = 1  # independent networks (own graph, weights, example order) batched
     eval_every: int = 500  # examples between points of the accuracy curve
@@ -71,23 +73,47 @@ class TrainConfig(Common):
 
 
 @dataclass(frozen=True)
-class MetaConfig(Common):
-    """Meta-learning rules by GD through the unrolled rule-based learning (docs/paper.md 3)."""
+class RuleSpaceConfig(Common):
+    """The rule space and its start, shared by meta-learning GD and evolution: which tables are
+    learned, how they are applied, and the episodes (E networks x B examples) a rule is scored on."""
 
     learn: str = "output"  # output rule alone | both: RNN + output jointly | rnn: RNN rule, perceptron output
     mode: str = "additive"  # additive | multiplicative rule application
     update_on: str = "mistakes"  # mistakes | all examples
     output_rows: str = "label_pred"  # label_pred | all output rows
-    rule_param: str = "table"  # table | mlp
-    meta_loss: str = "logits"  # logits: CE on logits | softmax: CE on softmax outputs (the code)
-    hidden: int = 10  # MLP rule hidden units
     rnn_init: float = 1.0  # std of the initial RNN rule table (paper: N(0,1))
     output_init: float = 0.0  # std of the initial output rule table (paper: zeros)
     episodes: int = 16  # E: episodes per step, one batched computation
     batch: int = 100  # B: examples per episode
-    steps: int = 200  # outer optimizer steps
-    lr: float = 1e-2  # Adam learning rate
+    lr: float = 1e-2  # Adam learning rate (GD; the ES mean)
     weight_decay: float = 0.01  # Adam (L2) weight decay
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_choice("learn", self.learn, ("output", "both", "rnn"))
+        check_choice("mode", self.mode, MODES)
+        check_choice("update_on", self.update_on, UPDATE_ON)
+        check_choice("output_rows", self.output_rows, OUTPUT_ROWS)
+        check_positive(self, "episodes", "batch", "lr")
+        check_positive(self, "weight_decay", "rnn_init", "output_init", allow_zero=True)
+        if self.learn != "output" and self.T < 2:
+            raise PlasticityError(f"learn={self.learn} needs T >= 2: with T=1 there is no "
+                                  "recurrent step")
+
+    def rule_space(self) -> dict:
+        """The fields of :class:`RuleSpaceConfig` (with :class:`Common`'s): what GD and evolution
+        share."""
+        return {f.name: getattr(self, f.name) for f in fields(RuleSpaceConfig)}
+
+
+@dataclass(frozen=True)
+class MetaConfig(RuleSpaceConfig):
+    """Meta-learning rules by GD through the unrolled rule-based learning (docs/meta-learning.md)."""
+
+    rule_param: str = "table"  # table | mlp
+    meta_loss: str = "logits"  # logits: CE on logits | softmax: CE on softmax outputs (the code)
+    hidden: int = 10  # MLP rule hidden units
+    steps: int = 200  # outer optimizer steps
     checkpoint_every: int = 0  # recompute-in-backward segment length (0 = store everything)
     horizon: int = 0  # examples an episode's network keeps learning across steps, gradient
     #                   truncated at each step (0 = fresh weights every step, the paper)
@@ -101,23 +127,14 @@ class MetaConfig(Common):
 
     def __post_init__(self):
         super().__post_init__()
-        check_choice("learn", self.learn, ("output", "both", "rnn"))
-        check_choice("mode", self.mode, MODES)
-        check_choice("update_on", self.update_on, UPDATE_ON)
-        check_choice("output_rows", self.output_rows, OUTPUT_ROWS)
         check_choice("rule_param", self.rule_param, PARAMETRIZATIONS)
         check_choice("meta_loss", self.meta_loss, ("logits", "softmax"))
-        check_positive(self, "hidden", "episodes", "batch", "steps", "lr", "eval_every", "eval_train",
-                  "eval_examples", "restart_after")
-        check_positive(self, "restarts", allow_zero=True)
-        check_positive(self, "weight_decay", "checkpoint_every", "rnn_init", "output_init",
-                  "horizon", allow_zero=True)
+        check_positive(self, "hidden", "steps", "eval_every", "eval_train", "eval_examples",
+                       "restart_after")
+        check_positive(self, "restarts", "checkpoint_every", "horizon", allow_zero=True)
         if self.horizon > 0 and self.resample_networks:
             raise PlasticityError("horizon > 0 keeps networks across steps: it cannot be combined "
                                   "with resample_networks=true")
-        if self.learn != "output" and self.T < 2:
-            raise PlasticityError(f"learn={self.learn} needs T >= 2: with T=1 there is no "
-                                  "recurrent step")
 
 
 @dataclass(frozen=True)
@@ -136,6 +153,40 @@ class BaselineConfig(Common):
         super().__post_init__()
         check_choice("method", self.method, ("output", "full"))
         check_positive(self, "batch", "lr", "passes", "networks", "eval_every", "eval_examples")
+
+
+def field_docs(cls) -> dict[str, str]:
+    """``{field: one-line doc}`` of a config class, from the comment after each field (and the
+    indented comment lines that continue it) in the class bodies along its MRO."""
+    import inspect
+    import io
+    import tokenize
+
+    docs: dict[str, str] = {}
+    for klass in reversed([c for c in cls.__mro__ if dataclasses.is_dataclass(c)]):
+        try:
+            src = inspect.getsource(klass)
+        except (OSError, TypeError):  # pragma: no cover - source not available
+            continue
+        last, depth = None, 0
+        for tok in tokenize.generate_tokens(io.StringIO(src).readline):
+            if tok.type == tokenize.OP and tok.string in "([{":
+                depth += 1
+            elif tok.type == tokenize.OP and tok.string in ")]}":
+                depth -= 1
+            elif tok.type == tokenize.NAME and depth == 0 and tok.start[1] == 4 and tok.line[
+                    4:].lstrip().startswith(tok.string) and ":" in tok.line and "def " not in tok.line:
+                name = tok.line.split(":")[0].strip()
+                last = name if name in klass.__dataclass_fields__ else None
+            elif tok.type == tokenize.COMMENT and last is not None:
+                text = tok.string.lstrip("#").strip()
+                if tok.line.strip().startswith("#"):  # a continuation line
+                    docs[last] = f"{docs.get(last, '')} {text}".strip()
+                else:
+                    docs[last] = text
+            elif tok.type == tokenize.NAME and tok.string == "def":
+                last = None
+    return docs
 
 
 def field_names(cls) -> list[str]:
@@ -222,35 +273,13 @@ def to_dict(cfg) -> dict:
 SMALL = {"neurons": 100, "k": 50}
 LARGE = {"neurons": 1000, "k": 500}
 
-PRESETS: dict[str, dict[str, dict]] = {
-    "meta-train": {
-        "smoke": {"n_train": 600, "n_test": 500, "episodes": 4, "batch": 20, "steps": 6,
-                  "eval_every": 3, "eval_train": 300, "eval_examples": 200},
-        "quick": {"episodes": 16, "batch": 100, "steps": 150, "eval_every": 50},
-        "paper": {"episodes": 16, "batch": 100, "steps": 1000, "eval_every": 100,
-                  "eval_train": 10000, "eval_examples": 10000, "dtype": "float64"},
-    },
-    "train": {
-        "smoke": {"n_train": 600, "n_test": 500, "eval_every": 200, "eval_examples": 200},
-        "quick": {"n_test": 2000, "networks": 3, "eval_every": 1000},
-        "paper": {**LARGE, "networks": 10, "eval_every": 500, "eval_examples": 10000},
-    },
-    "baseline": {
-        "smoke": {"n_train": 600, "n_test": 500, "eval_every": 200, "eval_examples": 200},
-        "quick": {"n_test": 2000, "networks": 3, "eval_every": 1000},
-        "paper": {**LARGE, "networks": 10, "eval_every": 500, "eval_examples": 10000},
-    },
-}
-
-
 def build_config(cls, command: str, preset: str | None, sets: dict, seed: int | None = None,
                  presets: dict[str, dict] | None = None):
-    """Preset (if any), then ``--set`` overrides, then ``--seed``: the run's config.
-
-    ``presets`` defaults to ``PRESETS[command]``; command modules pass their own."""
+    """Preset (if any, from ``presets``: the command's table), then ``--set`` overrides, then
+    ``--seed``: the run's config."""
     d: dict = {}
     if preset is not None:
-        presets = PRESETS.get(command, {}) if presets is None else presets
+        presets = presets or {}
         if preset not in presets:
             raise PlasticityError(
                 f"unknown preset '{preset}' for {command}: use one of {', '.join(presets)}")

@@ -6,7 +6,7 @@ files. The CLI hands in a :class:`JsonlSink` (``events.jsonl`` in the output fol
 with the MLflow observer of ``plasticity.tracking`` when tracking is on. The core never imports
 MLflow: tracking is an observer of these calls.
 
-Metric names follow one scheme (documented in the README): ``<family>/<name>`` with lowercase
+Metric names follow one scheme (documented in docs/tracking.md): ``<family>/<name>`` with lowercase
 words joined by ``_``, e.g. ``evolution/loss_best``, ``transfer/mnist``, ``attack/pgd_linf/eps_0.3``.
 """
 

@@ -85,17 +85,24 @@ class RuleLearner:
     table entry exactly), then W is masked by the graph; updates of some of a group's networks
     are the same batched product with the others' rows zero (W + 0 = W)."""
 
-    def __init__(self, nets: Networks, rule: Rule, eta: float, chunk: int = 0, group: int = 0):
+    def __init__(self, nets: Networks, rule: Rule, eta: float, chunk: int = 0, group: int = 0,
+                 tables: tuple | None = None):
+        """``tables``: per-network rule tables ``(RNN [N, S, S] or None, output [N, S, 2])`` that
+        replace ``rule``'s (which still gives T, the mode and the update scheme): N members of a
+        population, or members x networks, learn as one batch, each by its own rule."""
         rule.check_network(nets.T)
         self.nets, self.rule, self.eta, self.chunk = nets, rule, eta, chunk
         dtype, device = nets.A.dtype, nets.A.device
-        self.rnn_table, self.out_table = rule.tables(dtype=dtype, device=device)
+        if tables is None:
+            self.rnn_table, self.out_table = rule.tables(dtype=dtype, device=device)
+        else:
+            self.rnn_table, self.out_table = check_tables(tables, nets, dtype, device)
         # every update scales the tables by eta: the products fl(table * eta), once
         eta_t = torch.tensor(eta, dtype=dtype, device=device)
-        self._out_eta = self.out_table * eta_t  # [S, 2]
-        self._rnn_eta_t = None  # [S_post, S_pre]: (eta r)^T; multiplicative: 1 + eta r
+        self._out_eta = self.out_table * eta_t  # [S, 2] (or [N, S, 2]: one per network)
+        self._rnn_eta_t = None  # [S_post, S_pre] (or [N, ...]): (eta r)^T; multiplicative: 1 + eta r
         if self.rnn_table is not None:
-            t = (self.rnn_table * eta_t).t().contiguous()
+            t = (self.rnn_table * eta_t).transpose(-1, -2).contiguous()
             self._rnn_eta_t = t.add(1.0) if rule.mode == "multiplicative" else t
         self.W, self.U = nets.fresh_weights(rule.mode)
         self.updates = torch.zeros(nets.n, dtype=torch.int64, device=device)
@@ -121,6 +128,12 @@ class RuleLearner:
         rate = (self.triggered + 1) / (self.seen + 2)  # smoothed update rate per example
         return best_chunk(float(f"{rate:.3g}"), *self.costs, n > 1)
 
+    def _rows_of(self, table: torch.Tensor, g: slice, hist: torch.Tensor) -> torch.Tensor:
+        """table[hist] [n, V, ...]: one shared table, or each network's own row of [N, S, ...]."""
+        if table.dim() == 2:
+            return table[hist]
+        return table[g][self._rows[:hist.shape[0]].unsqueeze(1), hist]
+
     def _update(self, g: slice, hist, y, pred, live: torch.Tensor | None) -> None:
         """Apply one update, in place, to the networks of group ``g`` from their histories
         [n, V] (int64); ``live`` [n] (None = all): the networks that update; the others' rows of
@@ -132,7 +145,7 @@ class RuleLearner:
         if mode == "additive" and self.rule.scheme.output_rows == "label_pred":
             # the true-label row + eta r_o[h, 0], the wrongly predicted row + eta r_o[h, 1]: the
             # two rows output_delta changes, each by the same single product
-            r = self._out_eta[hist]  # [n, V, 2]
+            r = self._rows_of(self._out_eta, g, hist)  # [n, V, 2]
             if live is not None:
                 r = r * live.view(n, 1, 1)
             U.index_put_((rows, y), r[..., 0], accumulate=True)
@@ -141,13 +154,14 @@ class RuleLearner:
                          self.rule.scheme.update_on == "all" else r[..., 1], accumulate=True)
         else:
             m = torch.ones(n, dtype=dtype, device=hist.device) if live is None else live.to(dtype)
-            dU = output_delta(self._out_eta, hist, y, pred, m, self.nets.n_classes,
+            table = self._out_eta if self._out_eta.dim() == 2 else self._out_eta[g]
+            dU = output_delta(table, hist, y, pred, m, self.nets.n_classes,
                               self.rule.scheme.output_rows)
             apply_delta(U, dU, mode, inplace=True)
         if self._rnn_eta_t is None:
             return
         W = self.W[g]
-        P = self._rnn_eta_t[hist]  # [n, V_post, S_pre]
+        P = self._rows_of(self._rnn_eta_t, g, hist)  # [n, V_post, S_pre]
         Q = (hist.unsqueeze(1) == self._states).to(dtype)  # [n, S_pre, V_pre] one-hot
         if mode == "additive":
             if live is not None:
@@ -240,6 +254,19 @@ class RuleLearner:
         bad = ~(self.U.flatten(1).isfinite().all(1) & self.W.flatten(1).isfinite().all(1))
         self.diverged |= bad
         return self.diverged
+
+
+def check_tables(tables: tuple, nets: Networks, dtype, device) -> tuple:
+    """Per-network tables ``(RNN [N, S, S] or None, output [N, S, 2])`` for ``nets``, on its
+    device and dtype; a wrong shape is a ValueError naming it."""
+    rnn, out = tables
+    S, N = 2**nets.T, nets.n
+    if tuple(out.shape) != (N, S, 2):
+        raise ValueError(f"output tables {tuple(out.shape)}: expected {(N, S, 2)}")
+    if rnn is not None and tuple(rnn.shape) != (N, S, S):
+        raise ValueError(f"RNN tables {tuple(rnn.shape)}: expected {(N, S, S)}")
+    move = lambda t: None if t is None else t.to(device=device, dtype=dtype)  # noqa: E731
+    return move(rnn), move(out)
 
 
 def example_orders(n_networks: int, n_examples: int, passes: int, gen: torch.Generator,

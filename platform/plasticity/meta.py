@@ -210,11 +210,11 @@ def _meta_start(cfg: MetaConfig, data, device, fixed_rnn, progress, on_step, att
     opt = torch.optim.Adam(params.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheme = Scheme(cfg.update_on, cfg.output_rows)
     nets = run_networks(cfg, data, cfg.episodes, device, key="meta-networks")
-    batches = _episode_batches(cfg, x_tr.shape[0], device)
+    batches = episode_batches(cfg, x_tr.shape[0], device)
     provenance = {"method": "gd", "dataset": cfg.dataset, "config": to_dict(cfg)}
     result = MetaResult(params.rule(provenance))
     bar = progress_bar(cfg.steps, progress, "meta-training", unit="step")
-    lives = _Lives(cfg, nets)
+    lives = Lives(cfg, nets)
     for step in range(1, cfg.steps + 1):
         if cfg.resample_networks:
             nets = run_networks(cfg, data, cfg.episodes, device, key=("meta-networks", step))
@@ -270,7 +270,7 @@ def evaluate_rule(cfg, rule: Rule, data, device, *, n_train: int, n_test: int,
     return float(np.mean(res.test_accuracy))
 
 
-class _Lives:
+class Lives:
     """Truncated long episodes (``MetaConfig.horizon``): episode slot e keeps its learned weights
     across steps (detached: the gradient is truncated at the step boundary) until it has seen
     ``horizon`` examples, then restarts from fresh weights. Slots are staggered so every step
@@ -303,7 +303,7 @@ class _Lives:
         self.age = [(a + 1) % self.span for a in self.age]
 
 
-def _episode_batches(cfg: MetaConfig, n: int, device):
+def episode_batches(cfg: MetaConfig, n: int, device):
     """Endless [E, B] index batches: shuffled passes over the training set, seeded."""
     need = cfg.episodes * cfg.batch
     gen = torch.Generator().manual_seed(derive_seed(cfg.seed, "meta-batches"))

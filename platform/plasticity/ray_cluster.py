@@ -1,4 +1,4 @@
-"""Starting or joining Ray, always with Ray's token authentication on (README, Security).
+"""Starting or joining Ray, always with Ray's token authentication on (docs/security.md).
 
 Ray's processes (GCS, raylet, object manager, workers) listen on every interface and cannot be
 bound to loopback; what keeps others from running code on them is Ray's token: with

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from . import PlasticityError
-from .config import BaselineConfig, MetaConfig, TrainConfig, from_dict, to_dict
+from .config import BaselineConfig, MetaConfig, TrainConfig, to_dict
 from .dynamics_study import parse_combos, report_dynamics, study_dynamics
 from .files import atomic_write_text
 from .rules.io import save_rule
@@ -56,7 +56,7 @@ class StudyConfig:
     small: int = 100  # |V| of "small" networks (k = |V| / 2)
     large: int = 1000  # |V| of "large" networks
     datasets: str = ",".join(SYNTHETIC + IMAGES)  # comma-separated data sets
-    dtype: str = "float32"
+    dtype: str = "float32"  # float32 | float64 of every network and meta-learning unroll
     starts: int = 10  # theory study: random starts of the Theorem 1 experiment
     recurrence: str = "paper"  # dynamics of every network (Common.recurrence): paper | code
     firing: str = "positive"  # Common.firing: positive | topk
@@ -106,7 +106,7 @@ def _log(msg: str, t0: float) -> None:
     print(f"[{time.time() - t0:7.1f}s] {msg}", file=sys.stderr, flush=True)
 
 
-def _meta_cfg(sc: StudyConfig, **kw) -> MetaConfig:
+def meta_config(sc: StudyConfig, **kw) -> MetaConfig:
     base = dict(seed=sc.seed, episodes=sc.meta_episodes, batch=sc.meta_batch, steps=sc.meta_steps,
                 eval_every=max(sc.meta_steps, 1), eval_train=1000, eval_examples=1000,
                 dtype=sc.dtype, recurrence=sc.recurrence, firing=sc.firing,
@@ -116,7 +116,7 @@ def _meta_cfg(sc: StudyConfig, **kw) -> MetaConfig:
     return MetaConfig(**base)
 
 
-def _train_cfg(sc: StudyConfig, dataset: str, neurons: int, T: int, **kw) -> TrainConfig:
+def train_config(sc: StudyConfig, dataset: str, neurons: int, T: int, **kw) -> TrainConfig:
     n_train = sc.n_train_images if dataset in IMAGES else sc.n_train_synthetic
     base = dict(seed=sc.seed, dataset=dataset, neurons=neurons, k=max(1, neurons // 2), T=T,
                 networks=sc.seeds, passes=sc.passes, n_train=n_train, n_test=sc.n_test,
@@ -133,8 +133,8 @@ def learn_fig3_rules(sc: StudyConfig, device, progress) -> dict:
     from .meta import meta_train
 
     k = max(1, sc.small // 2)
-    specs = {1: _meta_cfg(sc, dataset="halfspace", neurons=sc.small, k=k, T=1, learn="output"),
-             3: _meta_cfg(sc, dataset="relu1", neurons=sc.small, k=k, T=3, learn="both",
+    specs = {1: meta_config(sc, dataset="halfspace", neurons=sc.small, k=k, T=1, learn="output"),
+             3: meta_config(sc, dataset="relu1", neurons=sc.small, k=k, T=3, learn="both",
                           horizon=sc.meta_horizon)}
     rules = {}
     for T, cfg in specs.items():
@@ -161,7 +161,7 @@ def study_fig3(sc: StudyConfig, device, out: Path, progress: bool) -> dict:
             neurons = sc.small if size == "small" else sc.large
             per_task = []
             for t, data in zip(tasks, datas):
-                cfg = _train_cfg(sc, dataset, neurons, T, data_seed=t)
+                cfg = train_config(sc, dataset, neurons, T, data_seed=t)
                 res = run_train(cfg, learned[T].rule, device=device, data=data,
                                 progress=progress)
                 per_task.append(res.test_accuracy * 100)
@@ -204,7 +204,7 @@ def study_table2(sc: StudyConfig, device, out: Path, progress: bool) -> dict:
 
     t0 = time.time()
     meta_n = max(2, sc.large // 5)
-    cfg = _meta_cfg(sc, dataset="mnist", neurons=meta_n, k=meta_n // 2, T=3, learn="rnn",
+    cfg = meta_config(sc, dataset="mnist", neurons=meta_n, k=meta_n // 2, T=3, learn="rnn",
                     rule_param="mlp", hidden=20, n_train=sc.n_train_images,
                     horizon=sc.meta_horizon)
     mnist = load_dataset("mnist")
@@ -216,7 +216,7 @@ def study_table2(sc: StudyConfig, device, out: Path, progress: bool) -> dict:
     for dataset, col in (("mnist", 0), ("fashion_mnist", 1)):
         data = mnist if dataset == "mnist" else load_dataset(dataset)
         for name, (rule, T, inputs) in rows.items():
-            tc = _train_cfg(sc, dataset, sc.large, T, passes=2, input_weights=inputs)
+            tc = train_config(sc, dataset, sc.large, T, passes=2, input_weights=inputs)
             acc = run_train(tc, rule, device=device, data=data, progress=progress).test_accuracy
             acc = acc * 100
             cells[f"{dataset}/{name}"] = {"mean": float(acc.mean()), "std": float(acc.std()),
@@ -249,12 +249,12 @@ def study_fig2(sc: StudyConfig, device, out: Path, progress: bool) -> dict:
 
     t0 = time.time()
     mnist = load_dataset("mnist")
-    hs = meta_train(_meta_cfg(sc, dataset="halfspace", neurons=sc.small, k=sc.small // 2, T=1),
+    hs = meta_train(meta_config(sc, dataset="halfspace", neurons=sc.small, k=sc.small // 2, T=1),
                     load_dataset("halfspace"), device=device, progress=progress)
     every = 500 if sc.n_train_images in (0, 60000) or sc.n_train_images >= 10000 else 100
     curves = {}
     for name, rule in (("learned rule", hs.rule), ("perceptron rule", Rule(1, perceptron(1)))):
-        tc = _train_cfg(sc, "mnist", sc.large, 1, eval_every=every, eval_examples=sc.n_test or 10000)
+        tc = train_config(sc, "mnist", sc.large, 1, eval_every=every, eval_examples=sc.n_test or 10000)
         res = run_train(tc, rule, device=device, data=mnist, progress=progress)
         curves[name] = {"examples": res.examples, "updates": res.examples,
                         "mean": (res.curve.mean(1) * 100).tolist(),
@@ -312,7 +312,7 @@ def study_theory(sc: StudyConfig, device, out: Path, progress: bool) -> dict:
     small = max(2, sc.small)
     thm1 = {}
     for mode, starts in (("additive", sc.starts), ("multiplicative", max(1, sc.starts // 2))):
-        cfg = _meta_cfg(sc, dataset="halfspace", neurons=small, k=small // 2, T=1, mode=mode,
+        cfg = meta_config(sc, dataset="halfspace", neurons=small, k=small // 2, T=1, mode=mode,
                         episodes=4, eval_every=sc.meta_steps, n_train=sc.n_train_synthetic)
         thm1[mode] = theorem1_experiment(cfg, hs, starts, device=device)
         _log(f"Theorem 1 {mode}: {thm1[mode]['perceptron_count']}/{starts} perceptron pattern, "
@@ -384,15 +384,11 @@ STUDIES = {"fig3": (study_fig3, report_fig3), "table2": (study_table2, report_ta
            "dynamics": (study_dynamics, report_dynamics)}
 
 
-def run_study(name: str, preset: str, sets: dict, *, seed, device, out: Path,
-              progress: bool) -> dict:
-    """Run study ``name`` with a preset and overrides; write result.json and report.md."""
-    if preset not in STUDY_PRESETS:
-        raise PlasticityError(f"unknown preset '{preset}': use one of {', '.join(STUDY_PRESETS)}")
-    d = {**STUDY_PRESETS[preset], **sets}
-    if seed is not None:
-        d["seed"] = seed
-    sc = from_dict(StudyConfig, d, where=f"study {name}")
+def run_study(name: str, sc: StudyConfig, *, device, out: Path, progress: bool,
+              preset: str = "-") -> dict:
+    """Run study ``name`` with its config; write result.json and report.md."""
+    if name not in STUDIES:
+        raise PlasticityError(f"unknown study '{name}': use one of {', '.join(STUDIES)}")
     fn, report = STUDIES[name]
     out.mkdir(parents=True, exist_ok=True)
     result = fn(sc, device, out, progress)
@@ -401,4 +397,3 @@ def run_study(name: str, preset: str, sets: dict, *, seed, device, out: Path,
     atomic_write_text(out / "result.json", json.dumps(result, indent=1))
     atomic_write_text(out / "report.md", text)
     return {**result, "report": str(out / "report.md")}
-

@@ -30,7 +30,7 @@
   the run instead of making another, and ``--resume`` continues the killed command's run, every
   metric step once (:meth:`MlflowSink.rewind`).
 
-Metric names (documented in the README): ``<family>/<name>``, e.g. ``meta/loss``,
+Metric names (documented in docs/tracking.md): ``<family>/<name>``, e.g. ``meta/loss``,
 ``transfer/mnist/large_T1``, ``evolution/loss_best``, ``attack/pgd_linf/eps_0.3``; characters
 MLflow refuses are replaced by ``_``. Registered rules are named ``<method>-<dataset>-T<T>``.
 """
@@ -111,7 +111,7 @@ def refused_error(uri: str, code: int) -> PlasticityError:
                            "--tracking-uri")
 
 
-def _transient(exc: BaseException) -> bool:
+def transient(exc: BaseException) -> bool:
     """A failure worth retrying: the store unreachable or busy, not a refused request."""
     import requests
 
@@ -156,7 +156,7 @@ class RetryingClient:
                 code = _refused(exc)
                 if code:
                     raise refused_error(self.uri, code) from None
-                if not _transient(exc) or time.monotonic() + delay > deadline:
+                if not transient(exc) or time.monotonic() + delay > deadline:
                     raise
                 if not failed:
                     print(f"plasticity: warning: tracking store unavailable ({name}: "
@@ -451,7 +451,7 @@ class MlflowSink(Sink):
         try:
             self._flush_metrics()
         except Exception as exc:
-            if not _transient(exc):
+            if not transient(exc):
                 raise
             print(f"plasticity: warning: tracking store unavailable; {len(self._metrics)} metrics "
                   f"kept, retrying in {self.FLUSH_S:.0f} s", file=sys.stderr)
@@ -478,16 +478,17 @@ class MlflowSink(Sink):
     def metrics(self, metrics: dict, step: int | None = None) -> None:
         now = int(time.time() * 1000)
         self._step = self._step if step is None else int(step)
+        at = 0 if step is None else self._step  # a summary value: once, at step 0 (not a
+        #                                         one-point curve at the run's last step)
         for k, v in metrics.items():
             try:
                 v = float(v)
             except (TypeError, ValueError):
                 continue
             key = metric_key(k)
-            if self._step in self._held.get(key, ()):
+            if at in self._held.get(key, ()):
                 continue  # logged by the killed run this one resumes: once is enough
-            self._metrics.append(Metric(key, v if math.isfinite(v) else float("nan"), now,
-                                        self._step))
+            self._metrics.append(Metric(key, v if math.isfinite(v) else float("nan"), now, at))
         if time.time() >= self._retry_at and (len(self._metrics) >= _limits.MAX_METRICS_PER_BATCH
                                                or time.time() - self._last_flush > self.FLUSH_S):
             self._try_flush_metrics()

@@ -13,15 +13,14 @@ from dataclasses import dataclass
 
 from .. import PlasticityError
 from ..checks import check_choice, check_positive
-from ..config import Common, MetaConfig
-from ..rules.tables import MODES, OUTPUT_ROWS, UPDATE_ON
+from ..config import MetaConfig, RuleSpaceConfig
 
 STRATEGIES = ("genetic", "ga", "es")
 SHARING = ("none", "random")
 
 
 @dataclass(frozen=True)
-class EvolutionConfig(Common):
+class EvolutionConfig(RuleSpaceConfig):
     """Evolution of plasticity rules: the paper's allele model, a GA or an ES."""
 
     strategy: str = "genetic"  # genetic: allele model (6.6) | ga: truncation GA | es: antithetic ES
@@ -36,16 +35,9 @@ class EvolutionConfig(Common):
     sigma: float = 0.1  # ga: mutation std | es: perturbation std
     truncation: float = 0.25  # ga: fraction of the population kept as parents
     elites: int = 1  # ga: best members copied unchanged into the next generation
-    lr: float = 1e-2  # Adam learning rate: the ES mean; GD in `compare`
-    weight_decay: float = 0.01  # L2: every loss gets + weight_decay/2 ||rule||^2 (GD: Adam's)
-    learn: str = "output"  # rule space: output table | both: RNN + output | rnn (perceptron output)
-    mode: str = "additive"  # additive | multiplicative rule application
-    update_on: str = "mistakes"  # mistakes | all examples
-    output_rows: str = "label_pred"  # label_pred | all output rows
-    rnn_init: float = 1.0  # std of the initial RNN rule table
-    output_init: float = 1.0  # std of the initial output rule table (the common start)
+    output_init: float = 1.0  # std of the initial output rule table, the common start of
+    #                           evolution and GD (a zero table gives every member the same loss)
     episodes: int = 4  # E: episodes (networks) per member, the same for every member
-    batch: int = 100  # B: examples per episode
     workers: int = 0  # Ray actors evaluating chunks of the population (0 = in-process, no Ray)
     cpus_per_worker: float = 1.0  # CPUs per actor (also its torch threads, at least 1)
     gpus_per_worker: float = 0.0  # GPUs per actor (> 0: the actor evaluates on CUDA)
@@ -54,15 +46,11 @@ class EvolutionConfig(Common):
         super().__post_init__()
         check_choice("strategy", self.strategy, STRATEGIES)
         check_choice("sharing", self.sharing, SHARING)
-        check_choice("learn", self.learn, ("output", "both", "rnn"))
-        check_choice("mode", self.mode, MODES)
-        check_choice("update_on", self.update_on, UPDATE_ON)
-        check_choice("output_rows", self.output_rows, OUTPUT_ROWS)
         if self.population < 2:
             raise PlasticityError(f"population={self.population} must be >= 2")
-        check_positive(self, "generations", "genes", "eps", "theta", "sigma", "lr", "episodes", "batch")
-        check_positive(self, "weight_decay", "workers", "cpus_per_worker", "gpus_per_worker",
-                  "elites", "rnn_init", "output_init", allow_zero=True)
+        check_positive(self, "generations", "genes", "eps", "theta", "sigma")
+        check_positive(self, "workers", "cpus_per_worker", "gpus_per_worker", "elites",
+                       allow_zero=True)
         if not 0.0 < self.truncation <= 1.0:
             raise PlasticityError(f"truncation={self.truncation} must lie in (0, 1]")
         if self.strategy == "ga" and self.elites >= self.population:
@@ -77,11 +65,7 @@ class EvolutionConfig(Common):
 
     def meta_config(self, **over) -> MetaConfig:
         """The meta-learning GD config of the same task, rule space, start and episodes."""
-        common = {f: getattr(self, f) for f in Common.__dataclass_fields__}
-        same = {f: getattr(self, f) for f in ("learn", "mode", "update_on", "output_rows",
-                                              "rnn_init", "output_init", "episodes", "batch",
-                                              "lr", "weight_decay")}
-        return MetaConfig(**{**common, **same, "rule_param": "table", **over})
+        return MetaConfig(**{**self.rule_space(), "rule_param": "table", **over})
 
 
 @dataclass(frozen=True)
@@ -125,27 +109,3 @@ def parse_floats(name: str, text: str) -> list[float]:
     if not out:
         raise PlasticityError(f"{name}='{text}' must list at least one number")
     return out
-
-
-SMOKE = {"n_train": 600, "n_test": 500, "neurons": 40, "k": 20, "episodes": 2, "batch": 20,
-         "population": 8, "generations": 3, "genes": 10}
-PRESETS = {
-    "evolve": {
-        "smoke": SMOKE,
-        "quick": {"population": 64, "generations": 40, "batch": 50},
-        "paper": {"population": 256, "generations": 200, "genes": 50, "eps": 0.1, "dtype": "float64"},
-    },
-    "compare": {
-        "smoke": {**SMOKE, "eval_train": 300, "eval_examples": 300, "eval_networks": 1},
-        "quick": {"strategy": "genetic", "infinite": True, "generations": 60, "batch": 50,
-                  "seeds": 3},
-        "paper": {"generations": 200, "seeds": 5, "eval_train": 10000, "eval_examples": 10000},
-    },
-    "evolve-theory": {
-        "smoke": {**SMOKE, "thetas": "0.1,0.2", "infinite": True},
-        "quick": {"infinite": True, "generations": 30, "batch": 50, "thetas": "0.03,0.1,0.2",
-                  "epss": "0.05,0.1,0.25"},
-        "paper": {"infinite": True, "generations": 100, "thetas": "0.01,0.03,0.1,0.2",
-                  "epss": "0.025,0.05,0.1,0.25"},
-    },
-}

@@ -7,7 +7,7 @@ episodes of B examples, plus ``weight_decay / 2 * ||c||^2``.
 
 Common random numbers: every member of generation g is evaluated on the same E networks (the
 meta-learning networks, ``key="meta-networks"``) and the same [E, B] example batch (GD's batch g,
-from ``meta._episode_batches``). Differences between members are then differences between rules,
+from ``meta.episode_batches``). Differences between members are then differences between rules,
 not between networks or examples drawn, which lowers selection noise; and nothing depends on
 which actor evaluates which member. A chunk of n members is ONE batched computation over n x E
 networks (member-major), in blocks of at most ``MAX_NETWORKS`` networks to bound memory (results
@@ -23,7 +23,7 @@ import torch
 
 from ..config import MetaConfig
 from ..experiment import run_networks, run_tensors
-from ..meta import RuleParams, _episode_batches, episode_loss
+from ..meta import RuleParams, episode_batches, episode_loss
 from ..network import Networks
 from ..rules import LayerRule, Rule, Scheme
 from ..rules.classic import perceptron
@@ -78,7 +78,7 @@ class RuleSpace:
 def generation_batches(cfg: MetaConfig, n_train: int, start: int = 1):
     """Endless [E, B] index batches; the first one is GD's batch ``start`` (1-based), so
     generation g sees exactly the examples meta-learning sees at step g."""
-    batches = _episode_batches(cfg, n_train, "cpu")
+    batches = episode_batches(cfg, n_train, "cpu")
     for _ in range(start - 1):
         next(batches)
     yield from batches

@@ -24,11 +24,11 @@ import numpy as np
 import ray
 from ray import tune
 
-from . import PlasticityError
-from .config import parse_sets
-from .files import write_json
-from .report import markdown_table
-from .rules.io import load_rule
+from .. import PlasticityError
+from ..files import write_json
+from ..report import markdown_table
+from ..rules.io import load_rule
+from .base import Command, check_cluster
 
 EXPERIMENT = "plasticity"
 
@@ -51,7 +51,7 @@ class TrialLogger(tune.Callback):
         tid = trial.trial_id
         if tid in self._sinks:
             return self._sinks[tid]
-        from .tracking import child_runs, open_store
+        from ..tracking import child_runs, open_store
 
         if self._store is None:
             self._store = open_store(self.uri)
@@ -167,17 +167,9 @@ def _trainable(space, cpus: float, gpus: float, root: Path):
     return tune.with_resources(fn, {"cpu": cpus, "gpu": gpus})
 
 
-def _check_address(address: str | None) -> None:
-    """An existing cluster must accept a connection and this client's Ray token (ray.init would
-    wait 20 s and say neither): checked before anything is written."""
-    from . import ray_cluster
-
-    ray_cluster.check_cluster(address)
-
-
 def _start_ray(address: str | None) -> bool:
     """Connect to ``address`` or start a local Ray; True when this call started it."""
-    from . import ray_cluster
+    from .. import ray_cluster
 
     if ray.is_initialized():
         return False
@@ -185,50 +177,67 @@ def _start_ray(address: str | None) -> bool:
     return True
 
 
-def run_sweep(args) -> dict:
+def sweep_flags(p) -> None:
+    p.add_argument("space", help="search space name (search_spaces.SPACES: smoke, fig3_transfer, "
+                   "...); --preset replaces the space's command preset, --set fixes a field")
+    p.add_argument("--samples", type=int, default=1, help="samples per grid point (Tune num_samples)")
+    p.add_argument("--scheduler", default="none", choices=("none", "asha", "pbt"))
+    p.add_argument("--address", help="Ray cluster address (default: a new local Ray)")
+    p.add_argument("--resume", action="store_true", help="resume the sweep in --out after a crash")
+    p.add_argument("--cpus-per-trial", type=float, default=1.0)
+    p.add_argument("--gpus-per-trial", type=float,
+                   help="GPUs per trial (default: the space's, when the cluster has GPUs; else 0)")
+
+
+def sweep_options(args) -> dict:
+    return {"space": args.space, "samples": args.samples, "scheduler": args.scheduler,
+            "cpus_per_trial": args.cpus_per_trial, "gpus_per_trial": args.gpus_per_trial}
+
+
+def sweep_handler(_cfg, ctx) -> dict:
     """Run (or resume) a sweep; returns the per-trial table and the best trial."""
-    from search_spaces import get_space
+    from search_spaces import get_space, sample
 
-    from .cli import all_commands, tracking_uri
+    from . import MODULES, get
 
-    space = get_space(args.space)
-    commands = all_commands()
-    if space.command not in commands:
-        raise PlasticityError(f"space '{args.space}' runs '{space.command}', which this build lacks")
+    opt = {"samples": 1, "scheduler": "none", "cpus_per_trial": 1.0, "gpus_per_trial": None,
+           **ctx.options}
+    name = opt["space"]
+    space = get_space(name)
+    if space.command not in MODULES:
+        raise PlasticityError(f"space '{name}' runs '{space.command}', which this build lacks")
     # --preset replaces the space's preset, --set fixes fields; checked on one sample here
-    space = dataclasses.replace(space, preset=args.preset or space.preset,
-                                params={**space.params, **parse_sets(args.sets)})
-    from search_spaces import sample
-
-    commands[space.command].build(space.command, space.preset, sample(space, 1, seed=0)[0], None)
-    if args.samples < 1:
-        raise PlasticityError(f"--samples {args.samples} must be >= 1")
-    _check_address(args.address)
-    seed = 0 if args.seed is None else args.seed
-    out = (args.out or Path("runs") / f"sweep-{args.space}").resolve()
+    space = dataclasses.replace(space, preset=ctx.preset or space.preset,
+                                params={**space.params, **ctx.sets})
+    get(space.command).build(space.preset, sample(space, 1, seed=0)[0], None)
+    if opt["samples"] < 1:
+        raise PlasticityError(f"--samples {opt['samples']} must be >= 1")
+    check_cluster(ctx.address)
+    seed = 0 if ctx.seed is None else ctx.seed
+    out = (ctx.out or Path("runs") / f"sweep-{name}").resolve()
     exp_dir, state_file = out / "tune", out / "sweep.json"
-    uri = tracking_uri(args)
+    uri = ctx.tracking
     store = None
     if uri is not None:
-        from .tracking import open_store
+        from ..tracking import open_store
 
         store = open_store(uri)  # the driver creates the store before any worker runs
-    if args.resume:
+    if ctx.resume:
         if not (state_file.is_file() and tune.Tuner.can_restore(str(exp_dir))):
             raise PlasticityError(f"nothing to resume in {out}: start the sweep without --resume")
         state = json.loads(state_file.read_text())
-        if state["space"] != args.space:
-            raise PlasticityError(f"{out} holds a sweep of '{state['space']}', not '{args.space}'")
+        if state["space"] != name:
+            raise PlasticityError(f"{out} holds a sweep of '{state['space']}', not '{name}'")
     elif exp_dir.exists():
         raise PlasticityError(f"{exp_dir} exists: pass --resume to continue it, or another --out")
     else:
-        state = {"space": args.space, "samples": args.samples, "scheduler": args.scheduler,
+        state = {"space": name, "samples": opt["samples"], "scheduler": opt["scheduler"],
                  "seed": seed, "command": space.command, "preset": space.preset,
                  "tracking_uri": uri, "parent_run_id": None}
     parent = None
     if store is not None:
-        parent = store.sink(f"sweep {args.space}", experiment=EXPERIMENT,
-                            tags={"plasticity.command": "sweep", "sweep.space": args.space},
+        parent = store.sink(f"sweep {name}", experiment=EXPERIMENT,
+                            tags={"plasticity.command": "sweep", "sweep.space": name},
                             run_id=state.get("parent_run_id"), register=False)
         parent.params({k: v for k, v in state.items() if k not in ("parent_run_id", "tracking_uri")}
                       | {"metric": space.metric, "mode": space.mode})
@@ -240,15 +249,15 @@ def run_sweep(args) -> dict:
     os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # verbose=0 is quiet; our callback reports
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
-    owned = _start_ray(args.address)
+    owned = _start_ray(ctx.address)
     t0 = time.time()
     try:
-        gpus = args.gpus_per_trial
+        gpus = opt["gpus_per_trial"]
         if gpus is None:
             gpus = space.gpus if ray.cluster_resources().get("GPU", 0) >= space.gpus > 0 else 0.0
-        trainable = _trainable(space, args.cpus_per_trial, gpus, out / "trials")
+        trainable = _trainable(space, opt["cpus_per_trial"], gpus, out / "trials")
         callbacks = [] if parent is None else [TrialLogger(uri, parent.run_id, space.command)]
-        if args.resume:
+        if ctx.resume:
             tuner = tune.Tuner.restore(str(exp_dir), trainable, resume_unfinished=True,
                                        resume_errored=True)
         else:
@@ -257,9 +266,9 @@ def run_sweep(args) -> dict:
             tuner = tune.Tuner(
                 trainable, param_space=dict(space.params),
                 tune_config=tune.TuneConfig(
-                    num_samples=args.samples, metric=space.metric, mode=space.mode,
+                    num_samples=opt["samples"], metric=space.metric, mode=space.mode,
                     search_alg=BasicVariantGenerator(random_state=seed),
-                    scheduler=_scheduler(args.scheduler, space, seed), reuse_actors=True),
+                    scheduler=_scheduler(opt["scheduler"], space, seed), reuse_actors=True),
                 run_config=tune.RunConfig(name="tune", storage_path=str(out), callbacks=callbacks,
                                           verbose=0, failure_config=tune.FailureConfig(max_failures=0)))
         grid = tuner.fit()
@@ -289,10 +298,10 @@ def run_sweep(args) -> dict:
     if failed:  # a failed trial is never silent: named in the table and in one line after it
         table += f"\n**{len(failed)} of {len(rows)} trials failed (error)**:\n\n" + "".join(
             f"- {r['trial_id']}: {r['error_message']}\n" for r in failed)
-    result = {"command": "sweep", "space": args.space, "metric": space.metric, "mode": space.mode,
+    result = {"command": "sweep", "space": name, "metric": space.metric, "mode": space.mode,
               "trials": rows, "best": best, "errors": sum(r["error"] is not None for r in rows),
               "parent_run_id": state["parent_run_id"], "out": str(out), "seconds": time.time() - t0}
-    (out / "sweep.md").write_text(f"# Sweep {args.space} ({space.command}, preset {space.preset})\n\n"
+    (out / "sweep.md").write_text(f"# Sweep {name} ({space.command}, preset {space.preset})\n\n"
                                   + table)
     write_json(out / "result.json", result)
     if parent is not None:
@@ -326,3 +335,7 @@ def _short(v):
         return f"{v:.4g}"
     s = str(v)
     return s if len(s) < 40 else "..." + s[-37:]
+
+
+COMMAND = Command("sweep", "run a named Ray Tune search space, tracked in MLflow", sweep_handler,
+                  arguments=sweep_flags, options=sweep_options)

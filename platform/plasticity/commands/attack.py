@@ -18,14 +18,12 @@ import torch
 
 from .. import PlasticityError
 from ..checks import check_choice, check_positive, parse_list
-from ..cli import _rule_arg
-from ..commands import Command, out_dir
 from ..config import Common, to_dict
-from ..events import Sink
 from ..files import atomic_write_text, write_json
 from ..network import Networks
-from .attacks import FrozenNet
-from .evaluate import Budget, check_attacks, diagnostics, robustness_curves
+from ..robustness.attacks import FrozenNet
+from ..robustness.evaluate import Budget, check_attacks, diagnostics, robustness_curves
+from .base import Command, rule_flag, rule_options, rule_sets
 
 ALL_EPS = "0,0.5,1,1.5,2,2.5,3,3.5,4"  # docs/paper.md 5.4 (L2)
 
@@ -39,7 +37,7 @@ class AttackConfig(Common):
     k: int = 500  # cap
     T: int = 3  # rounds
     train: str = "rule"  # how the network is trained: rule (no backprop) | gd
-    rule: str = "perceptron"  # train=rule: a rule JSON file or classic name (its T must equal T)
+    rule: str = "perceptron"  # train=rule: a classic, shipped or JSON rule (its T must equal T)
     passes: int = 2  # passes over the training set (Table 2: 2)
     gd_method: str = "full"  # train=gd: full (W and U through the T rounds) | output (U only)
     gd_lr: float = 1e-3  # train=gd: Adam learning rate
@@ -123,17 +121,18 @@ def load_network(path: str, device: str, dtype) -> tuple[FrozenNet, dict]:
                               "network.pt of an earlier `plasticity attack` run") from None
 
 
-def train_network(cfg: AttackConfig, data, device: str, progress: bool) -> tuple[FrozenNet, dict]:
+def train_network(cfg: AttackConfig, data, device: str, progress: bool,
+                  tracking: str | None = None) -> tuple[FrozenNet, dict]:
     """Train one network of cfg's shape on cfg.dataset (by its rule or by GD); freeze it."""
     from ..baselines import train_baseline
-    from ..cli import load_rule_ref
     from ..config import BaselineConfig, TrainConfig
     from ..experiment import run_networks
+    from ..rules.refs import load_rule_ref
     from ..transfer import run_train
 
     shared = {k: getattr(cfg, k) for k in Common.__dataclass_fields__}
     if cfg.train == "rule":
-        rule = load_rule_ref(cfg.rule, cfg.T, cfg.eta)
+        rule = load_rule_ref(cfg.rule, cfg.T, cfg.eta, tracking)
         rule.check_network(cfg.T)
         tc = TrainConfig(**shared, rule=cfg.rule, passes=cfg.passes, networks=1,
                          eval_every=10**9, eval_examples=1)
@@ -149,14 +148,14 @@ def train_network(cfg: AttackConfig, data, device: str, progress: bool) -> tuple
     return FrozenNet(nets, res.W, res.U), info
 
 
-def cmd_attack(cfg: AttackConfig, args, device: str, sink: Sink) -> dict:
+def attack_handler(cfg: AttackConfig, ctx) -> dict:
     from ..data import load_dataset
     from ..data.images import IMAGE_SETS
+    from ..robustness.plots import plot_curves, plot_examples
     from ..seeding import torch_generator
-    from .plots import plot_curves, plot_examples
 
     t0 = time.time()
-    out = out_dir(args, "attack")
+    out, device, sink = ctx.out, ctx.device, ctx.sink
     dtype = getattr(torch, cfg.dtype)
     # the networks handed in are checked before anything is trained or written
     loaded = load_network(cfg.load, device, dtype) if cfg.load else None
@@ -165,7 +164,7 @@ def cmd_attack(cfg: AttackConfig, args, device: str, sink: Sink) -> dict:
     if loaded is not None:
         model, info = loaded
     else:
-        model, info = train_network(cfg, data, device, progress=not args.no_progress)
+        model, info = train_network(cfg, data, device, progress=ctx.progress, tracking=ctx.tracking)
     if model.nets.A.shape[2] != data.dim:
         raise PlasticityError(f"network input size {model.nets.A.shape[2]} does not match "
                               f"dataset {cfg.dataset} ({data.dim}): load a network of that set")
@@ -184,7 +183,7 @@ def cmd_attack(cfg: AttackConfig, args, device: str, sink: Sink) -> dict:
     curves = robustness_curves(model, x, y, cfg.eps_list, cfg.attack_list, threat=cfg.norm,
                                budget=cfg.budget(), gen=torch_generator(cfg.seed, "attacks"),
                                lo=lo, hi=hi, surrogate=surrogate, keep=cfg.images,
-                               log=not args.no_progress)
+                               log=ctx.progress)
     examples = curves.pop("examples")
     curves["diagnostics"] = diagnostics(model, x, y)
     n_te = cfg.n_test or data.x_test.shape[0]
@@ -215,7 +214,7 @@ def cmd_attack(cfg: AttackConfig, args, device: str, sink: Sink) -> dict:
 
 def _report(result: dict) -> str:
     """Markdown: accuracy % per eps (paper's attack / worst case), every raw curve, budgets."""
-    from .plots import table
+    from ..robustness.plots import table
 
     r, eps = result, result["eps"]
     lines = [f"# Attack ({r['threat']} threat, {r['n']} test examples, seed {r['config']['seed']};"
@@ -229,8 +228,6 @@ def _report(result: dict) -> str:
     return "\n".join(lines)
 
 
-COMMANDS = {
-    "attack": Command("attack a frozen trained network: robust accuracy against eps",
-                      AttackConfig, PRESETS, cmd_attack, arguments=_rule_arg,
-                      sets_from_args=lambda a: {"rule": a.rule} if a.rule else {}),
-}
+COMMAND = Command("attack", "attack a frozen trained network: robust accuracy against eps",
+                  attack_handler, AttackConfig, PRESETS, arguments=rule_flag, options=rule_options,
+                  sets_from_options=rule_sets)

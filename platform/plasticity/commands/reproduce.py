@@ -21,12 +21,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import PlasticityError
-from .commands import run_handler
-from .config import to_dict
-from .events import Sink
-from .files import atomic_write_text, write_json
-from .report import curves_plot, markdown_table, rule_heatmap, text_table
+from .. import PlasticityError
+from ..config import to_dict
+from ..events import Sink
+from ..files import atomic_write_text, write_json
+from ..report import curves_plot, markdown_table, rule_heatmap, text_table
+from .base import Command, default_out, run_handler
 
 IMAGES = ("mnist", "fashion_mnist")
 SIX = ("halfspace", "relu1", "relu2", "rnn", *IMAGES)
@@ -44,10 +44,10 @@ class Stage:
 
 
 def _meta_sets(preset: str, **kw) -> dict:
-    from .studies import STUDY_PRESETS, StudyConfig, _meta_cfg
+    from ..studies import STUDY_PRESETS, StudyConfig, meta_config
 
     sc = StudyConfig(**STUDY_PRESETS[preset])
-    return to_dict(_meta_cfg(sc, **kw))
+    return to_dict(meta_config(sc, **kw))
 
 
 # Per-preset sizes of the stages that have no study preset of their own ("smoke": seconds, for
@@ -118,38 +118,44 @@ def _resolve_rules(stage: Stage, out: Path, available: set[str]) -> dict | None:
     return sets
 
 
-def run_reproduce(args) -> dict:
-    """Run every stage (or ``--stages``), then the summary and the report."""
-    from .cli import all_commands, tracking_uri
-    from .commands import out_dir, resolve_device
-    from .platform_commands import prepare_command
+def stages_flag(p) -> None:
+    p.add_argument("--stages", help="comma-separated stage names to run (default: all)")
 
-    preset = args.preset or "quick"
+
+def stages_option(args) -> dict:
+    return {"stages": args.stages}
+
+
+def reproduce_handler(_cfg, ctx) -> dict:
+    """Run every stage (or ``--stages``), then the summary and the report."""
+    from . import MODULES, prepare
+
+    preset = ctx.preset or "quick"
     if preset not in SIZES:
         raise PlasticityError(f"unknown preset '{preset}' for reproduce: use {', '.join(SIZES)}")
-    if args.sets:
+    if ctx.sets:
         raise PlasticityError("reproduce takes no --set: pick --preset quick or paper, or "
                               "run the stage commands yourself")
     plan = stages(preset)
-    wanted = None if not args.stages else [s.strip() for s in args.stages.split(",") if s.strip()]
+    text = ctx.options.get("stages")
+    wanted = None if not text else [s.strip() for s in text.split(",") if s.strip()]
     unknown = [w for w in wanted or [] if w not in {s.name for s in plan}]
     if unknown:
         raise PlasticityError(f"unknown stage '{unknown[0]}': use {', '.join(s.name for s in plan)}")
-    device = resolve_device(args.device)
-    out = Path(out_dir(args, f"reproduce-{preset}")).resolve()
+    device = ctx.device
+    out = default_out(ctx.out, f"reproduce-{preset}").resolve()
     out.mkdir(parents=True, exist_ok=True)
-    uri = tracking_uri(args)
+    uri = ctx.tracking
     store = parent = None
     if uri is not None:
-        from .tracking import open_store
+        from ..tracking import open_store
 
         store = open_store(uri)
         parent = store.sink(f"reproduce {preset}", tags={"plasticity.command": "reproduce",
                                                          "plasticity.preset": preset}, out=out)
-        parent.params({"preset": preset, "seed": args.seed or 0, "device": device,
+        parent.params({"preset": preset, "seed": ctx.seed or 0, "device": device,
                        "stages": ",".join(s.name for s in plan if wanted is None or s.name in wanted)})
         parent.start()
-    commands = all_commands()
     t0 = time.time()
     done, results, skipped, seconds = set(), {}, {}, {}
     status = "FAILED"
@@ -160,7 +166,7 @@ def run_reproduce(args) -> dict:
                     done.add(stage.name)
                     results[stage.name] = json.loads((out / stage.name / "result.json").read_text())
                 continue
-            if stage.command not in commands:
+            if stage.command not in MODULES:
                 skipped[stage.name] = f"command '{stage.command}' is not in this build"
                 continue
             sets = _resolve_rules(stage, out, done)
@@ -169,11 +175,10 @@ def run_reproduce(args) -> dict:
                 continue
             _log(f"stage {stage.name}: plasticity {stage.command}"
                  + (f" --preset {stage.preset}" if stage.preset else ""), t0)
-            command, cfg, sargs = prepare_command(stage.command, stage.preset, sets,
-                                                  out / stage.name, seed=args.seed)
-            sargs.no_progress = args.no_progress
+            command, cfg, sctx = prepare(stage.command, stage.preset, sets, out / stage.name,
+                                         seed=ctx.seed, device=device, progress=ctx.progress)
             s0 = time.time()
-            results[stage.name] = _run_stage(stage, command, cfg, sargs, device, store, parent)
+            results[stage.name] = _run_stage(stage, command, cfg, sctx, store, parent)
             seconds[stage.name] = time.time() - s0
             done.add(stage.name)
             if (out / stage.name / "rule.json").is_file():
@@ -205,14 +210,14 @@ def _log(msg: str, t0: float) -> None:
     print(f"[{time.time() - t0:7.1f}s] {msg}", file=sys.stderr, flush=True)
 
 
-def _run_stage(stage: Stage, command, cfg, sargs, device, store, parent) -> dict:
+def _run_stage(stage: Stage, command, cfg, sctx, store, parent) -> dict:
     """One stage: its handler with events.jsonl and, when tracking, a child run."""
     child: Sink | None = None
     if store is not None:
-        child = store.sink(stage.name, parent_run_id=parent.run_id, out=sargs.out,
+        child = store.sink(stage.name, parent_run_id=parent.run_id, out=sctx.out,
                            tags={"plasticity.command": stage.command, "reproduce.stage": stage.name,
                                  "plasticity.preset": stage.preset or "-"})
-    return run_handler(command, cfg, sargs, device, child)
+    return run_handler(command, cfg, sctx, child)
 
 
 # --- summary -------------------------------------------------------------------------------
@@ -224,7 +229,7 @@ def _pct(v) -> float | None:
 def summarize(results: dict, out: Path, preset: str, skipped: dict, seconds: dict,
               total: float) -> tuple[dict, Path]:
     """The terminal table, report.md (with plots) and the parent run's metrics."""
-    from .rules.io import load_rule
+    from ..rules.io import load_rule
 
     metrics, sections, text = {}, [], []
     rows = []
@@ -323,3 +328,7 @@ def _transfer_tables(tr: dict) -> tuple[str, str, dict]:
                 metrics[f"transfer/gd/{sh}/{t}"] = gd[sh, t] / 100
         rows.append(row)
     return text_table(head, rows), markdown_table(head, rows), metrics
+
+
+COMMAND = Command("reproduce", "the whole study in one command, tracked in MLflow", reproduce_handler,
+                  arguments=stages_flag, options=stages_option)

@@ -14,14 +14,13 @@ from pathlib import Path
 
 import numpy as np
 
-from . import PlasticityError
-from .checks import check_choice, check_positive, parse_list
-from .commands import Command, out_dir
-from .config import DTYPES, to_dict
-from .events import Sink
-from .files import write_json
-from .network import FIRINGS, RECURRENCES, check_network_shape
-from .studies import FIG3_NETS, IMAGES, PAPER_FIG3
+from .. import PlasticityError
+from ..checks import check_choice, check_positive, parse_list
+from ..config import DTYPES, to_dict
+from ..files import write_json
+from ..network import FIRINGS, RECURRENCES, check_network_shape
+from ..studies import FIG3_NETS, IMAGES, PAPER_FIG3
+from .base import Command
 
 GD = ("none", "output", "full")
 
@@ -31,7 +30,7 @@ class TransferConfig:
     """Which rules, which data sets, which network shapes (docs/paper.md 5.2, Fig. 3)."""
 
     seed: int = 0  # root seed: networks (key "networks", as `train`) and example orders
-    sources: str = "bench/rules/fig3_T1.json,bench/rules/fig3_T3.json"  # rule files / classic names
+    sources: str = "fig3_T1,fig3_T3"  # rule files, shipped rules (rules.refs) or classic names
     targets: str = "halfspace,relu1,relu2,rnn,mnist,fashion_mnist"  # data sets trained on
     shapes: str = "100x50,1000x500"  # |V|xk or |V|xkxT; without T a shape takes each rule's T
     lift: str = "none"  # none: a rule of another T is an error | last_round: lift T=1 rules
@@ -55,7 +54,7 @@ class TransferConfig:
     eval_examples: int = 1000  # test examples per curve point
 
     def __post_init__(self):
-        from .data import DATASETS
+        from ..data import DATASETS
 
         check_choice("lift", self.lift, ("none", "last_round"))
         check_choice("gd", self.gd, GD)
@@ -90,7 +89,7 @@ class TransferConfig:
 
 
 PRESETS = {
-    "smoke": {"sources": "bench/rules/fig3_T1.json,perceptron", "targets": "halfspace,mnist",
+    "smoke": {"sources": "fig3_T1,perceptron", "targets": "halfspace,mnist",
               "shapes": "40x20", "seeds": 2, "orders": 1, "n_train_synthetic": 300,
               "n_train_images": 300, "n_test": 200, "eval_every": 100, "eval_examples": 200},
     "quick": {"seeds": 2, "orders": 2, "n_train_synthetic": 4000, "n_train_images": 4000,
@@ -100,7 +99,7 @@ PRESETS = {
 
 
 def _load_source(ref: str, T_default: int, eta: float):
-    from .cli import load_rule_ref
+    from ..rules.refs import load_rule_ref
 
     rule = load_rule_ref(ref, T_default, eta)
     name = Path(ref).stem if ref.endswith(".json") else ref
@@ -119,17 +118,17 @@ def _paper_value(rule, neurons: int, T: int, dataset: str):
     return PAPER_FIG3[dataset][FIG3_NETS.index((size, T))]
 
 
-def cmd_transfer(cfg: TransferConfig, args, device: str, sink: Sink) -> dict:
-    from .data import load_dataset
-    from .files import atomic_write_text
-    from .rules.io import load_rule
-    from .transfer import lift_rule, transfer_cell
+def transfer_handler(cfg: TransferConfig, ctx) -> dict:
+    from ..data import load_dataset
+    from ..files import atomic_write_text
+    from ..rules.refs import load_rule_ref
+    from ..transfer import lift_rule, transfer_cell
 
     t0 = time.time()
-    out = out_dir(args, "transfer")
+    out, device, sink = ctx.out, ctx.device, ctx.sink
     out.mkdir(parents=True, exist_ok=True)
     sources = [_load_source(ref, 1, cfg.eta) for ref in parse_list("sources", cfg.sources)]
-    lift_rnn = load_rule(cfg.lift_rnn) if cfg.lift_rnn else None
+    lift_rnn = load_rule_ref(cfg.lift_rnn, 1, cfg.eta) if cfg.lift_rnn else None
     plan = []
     for name, rule in sources:
         for v, k, T in cfg.shape_list:
@@ -222,7 +221,7 @@ def report(result: dict) -> str:
 
 def plot_matrix(result: dict, out: Path) -> list[Path]:
     """One heatmap per shape: sources x targets, mean accuracy (± std in the cell text)."""
-    from .report import pyplot, save_figure
+    from ..report import pyplot, save_figure
 
     plt, paths = pyplot(), []
     cells = list(result["cells"].values())
@@ -249,7 +248,7 @@ def plot_matrix(result: dict, out: Path) -> list[Path]:
 def plot_curves(result: dict, path: Path) -> Path:
     """Accuracy against examples seen (= GD steps at batch 1), rule vs GD, one panel per target
     and shape."""
-    from .report import pyplot, save_figure
+    from ..report import pyplot, save_figure
 
     plt = pyplot()
     cells = list(result["cells"].values())
@@ -272,7 +271,5 @@ def plot_curves(result: dict, path: Path) -> Path:
     return save_figure(fig, path)
 
 
-COMMANDS = {
-    "transfer": Command("train fresh networks on other data sets and shapes with frozen rules",
-                        TransferConfig, PRESETS, cmd_transfer),
-}
+COMMAND = Command("transfer", "train fresh networks on other data sets and shapes with frozen rules",
+                  transfer_handler, TransferConfig, PRESETS)

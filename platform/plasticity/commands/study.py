@@ -1,0 +1,33 @@
+"""``plasticity study NAME``: one of the paper's studies (fig3, fig2, table2, theory, dynamics) at
+a preset's sizes, tracked in MLflow like every command (its report, result and learned rules
+are the run's artifacts)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..studies import STUDIES, STUDY_PRESETS, StudyConfig, run_study
+from .base import Command
+
+
+def study_handler(cfg: StudyConfig, ctx) -> dict:
+    name = ctx.options["name"]
+    result = run_study(name, cfg, device=ctx.device, out=Path(ctx.out), progress=ctx.progress,
+                       preset=ctx.preset or COMMAND.default_preset)
+    ctx.sink.metrics({f"study/{k}": v for k, v in result.items()
+                      if isinstance(v, (int, float)) and not isinstance(v, bool)})
+    for f in sorted(Path(ctx.out).rglob("*")):
+        if f.suffix in (".md", ".json", ".png") and f.name != "events.jsonl":
+            ctx.sink.artifact(f, str(f.parent.relative_to(ctx.out)) if f.parent != Path(ctx.out)
+                              else None)
+    return result
+
+
+def study_flags(p) -> None:
+    p.add_argument("name", choices=sorted(STUDIES), help="the study")
+
+
+COMMAND = Command("study", "run a study of the paper (fig3, fig2, table2, theory, dynamics)",
+                  study_handler, StudyConfig, STUDY_PRESETS, arguments=study_flags,
+                  options=lambda a: {"name": a.name}, default_preset="quick",
+                  out_name=lambda o: f"study-{o['name']}")
