@@ -10,9 +10,10 @@ from plasticity.network import make_networks
 from plasticity.rules import LayerRule, Rule, Scheme
 
 
-def _rule(T, out, rnn, mode="additive", scheme=Scheme()):
+def _rule(T, out, rnn, mode="additive", scheme=None):
     return Rule(T, LayerRule.from_table("output", T, out),
-                None if rnn is None else LayerRule.from_table("rnn", T, rnn), mode, scheme, {})
+                None if rnn is None else LayerRule.from_table("rnn", T, rnn), mode,
+                scheme or Scheme(), {})
 
 
 @pytest.mark.parametrize("T,mode,rows,update_on", [

@@ -22,7 +22,8 @@ def tiny(**kw) -> MetaConfig:
 
 
 def test_gd_turns_the_anti_perceptron_output_rule_into_the_perceptron():
-    """docs/paper.md 6 / results/README.md "The last layer": meta-learning the T=1 output rule on Halfspace from a
+    """docs/paper.md 6 / results/README.md "The last layer": meta-learning the T=1 output rule on
+    Halfspace from a
     fixed start whose column differences d[a] = r[a,0] - r[a,1] have the wrong signs (the
     anti-perceptron [+,-;-,+]) lowers the meta-loss and ends with d[0] < 0 < d[1], the part of the
     table the loss sees (with two classes the common part of each row cancels). About 1 s."""
