@@ -22,7 +22,7 @@ import numpy as np
 import ray
 
 from .. import PlasticityError, ray_cluster
-from ..config import MetaConfig, from_dict, to_dict
+from ..config import MetaConfig, field_names, from_dict, to_dict
 
 RETRIES = 3  # replacement actors tried for one chunk before giving up
 
@@ -31,17 +31,17 @@ RETRIES = 3  # replacement actors tried for one chunk before giving up
 class _Worker:
     """One actor: an evaluator for the run's config on its device."""
 
-    def __init__(self, cfg: dict, device: str, threads: int, data_root: str | None):
+    def __init__(self, spec: tuple[str, dict], device: str, threads: int, data_root: str | None):
         import torch
 
         from ..data import load_dataset
-        from .evaluate import PopulationEvaluator
+        from .lifetime import evaluator_for
 
         torch.set_num_threads(threads)
-        meta = from_dict(MetaConfig, cfg)
-        data = load_dataset(meta.dataset, data_seed=meta.data_seed, inputs=meta.inputs,
+        cfg = config_of(spec)
+        data = load_dataset(cfg.dataset, data_seed=cfg.data_seed, inputs=cfg.inputs,
                             root=data_root)
-        self.evaluator = PopulationEvaluator(meta, data, device)
+        self.evaluator = evaluator_for(cfg, data, device)
 
     def losses(self, coeffs: np.ndarray, idx: np.ndarray) -> np.ndarray:
         return self.evaluator.losses(coeffs, idx)
@@ -53,14 +53,33 @@ class _Worker:
         return time.process_time()
 
 
+def spec_of(cfg) -> tuple[str, dict]:
+    """What an actor needs to rebuild the objective: ("lifetime", EvolutionConfig fields) for the
+    lifetime objective, else ("episodes", the MetaConfig of the episodes objective)."""
+    from .config import EvolutionConfig
+
+    if getattr(cfg, "objective", "episodes") == "lifetime":
+        return "lifetime", {k: getattr(cfg, k) for k in field_names(EvolutionConfig)}
+    meta = cfg.meta_config() if hasattr(cfg, "meta_config") else cfg
+    return "episodes", to_dict(meta)
+
+
+def config_of(spec: tuple[str, dict]):
+    from .config import EvolutionConfig
+
+    kind, d = spec
+    return from_dict(EvolutionConfig if kind == "lifetime" else MetaConfig, d)
+
+
 class RayPool:
     """``workers`` actors with ``cpus``/``gpus`` each; ``losses(coeffs, idx, generation)``.
 
     ``chaos`` is a fault-injection hook for tests and drills: {generation: actor index} kills
     that actor right after the generation's chunks are submitted."""
 
-    def __init__(self, meta: MetaConfig, workers: int, cpus: float = 1.0, gpus: float = 0.0, *,
+    def __init__(self, cfg, workers: int, cpus: float = 1.0, gpus: float = 0.0, *,
                  address: str | None = None, data_root: str | None = None):
+        """``cfg``: a MetaConfig (the episodes objective) or an EvolutionConfig (its objective)."""
         self.started = False
         if not ray.is_initialized():
             if address:
@@ -71,7 +90,7 @@ class RayPool:
             self.started = True
         self.cpus, self.gpus = cpus, gpus
         device = "cuda" if gpus > 0 else "cpu"
-        self.args = (to_dict(meta), device, max(1, int(cpus)), data_root)
+        self.args = (spec_of(cfg), device, max(1, int(cpus)), data_root)
         self.actors = [self._new() for _ in range(workers)]
         self.pids = ray.get([a.pid.remote() for a in self.actors])  # wait until all are up
         self.chaos: dict[int, int] = {}
