@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from plasticity import PlasticityError
+from plasticity.evolution.strategies import STRATEGIES
 from ray import tune
 
 IMAGES = ("mnist", "fashion_mnist")
@@ -42,6 +43,12 @@ def _half(config: dict) -> int:
 
 def _fig3_rule(config: dict) -> str:
     return str(RULES / f"fig3_T{int(config['T'])}.json")
+
+
+def _infinite(config: dict) -> bool:
+    """The compare preset's infinite-population model for genetic trials; the other strategies
+    do not read ``infinite`` (and refuse it set)."""
+    return config["strategy"] == "genetic"
 
 
 SPACES: dict[str, Space] = {
@@ -78,7 +85,8 @@ SPACES: dict[str, Space] = {
              "eps (worst case over attacks logged per eps)", gpus=1.0),
     "evolution_vs_gd": Space(
         "compare", "quick",
-        {"strategy": tune.grid_search(["genetic", "ga", "es"]), "seed": tune.randint(0, 10_000)},
+        {"strategy": tune.grid_search(list(STRATEGIES)), "infinite": tune.sample_from(_infinite),
+         "seed": tune.randint(0, 10_000)},
         metric="compare/evolution_test_accuracy_mean", mode="max",
         help="evolution (allele model, GA, ES) vs GD on the same rules, same inner loop", gpus=1.0),
 }

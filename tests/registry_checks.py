@@ -7,14 +7,22 @@ worked examples of docs/extending.md, registered for the test only."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
+
+import numpy as np
 import pytest
 import torch
 from plasticity import PlasticityError
 from plasticity.config import TrainConfig
+from plasticity.evolution.config import EvolutionConfig
+from plasticity.evolution.driver import run_evolution
+from plasticity.evolution.strategies import STRATEGIES, make_strategy, method_name
 from plasticity.experiment import run_networks
 from plasticity.robustness.attacks import ATTACKS, NORMS, FrozenNet
 from plasticity.robustness.evaluate import Budget, attack_radius, inside, robustness_curves
 from plasticity.rules.classic import classic_rule
+from plasticity.rules.io import load_rule, save_rule
 from plasticity.transfer import run_train
 
 # ------------------------------------------------------------------ attacks
@@ -91,3 +99,74 @@ def check_attack(name: str, net: FrozenNet, x, y, surrogate: FrozenNet) -> None:
     clean = 1.0 - clean_wrong.double().mean().item()
     assert res["raw"][name][0] == res["clean"] == clean
     assert res["raw"][name][1] < clean
+
+
+# ------------------------------------------------------------------ evolution strategies
+
+TINY_EVOLUTION = dict(n_train=300, n_test=200, neurons=20, k=10, episodes=2, batch=10,
+                      population=6, generations=2)
+TARGET = np.array([-1.0, 1.0, 1.5, -0.5])
+
+
+def quadratic(c: np.ndarray) -> np.ndarray:
+    """A smooth test loss with its minimum at TARGET: [n, P] -> [n]."""
+    return 0.5 * ((c - TARGET) ** 2).sum(1)
+
+
+def _jsonable(state: dict) -> dict:
+    """The state as it comes back from a checkpoint (write_json refuses NaN / inf)."""
+    return json.loads(json.dumps(state, allow_nan=False))
+
+
+def check_strategy(name: str, data, tmp_path) -> None:
+    """STRATEGIES[name]: the ask / tell / state_dict interface (members [n, P] seeded by the
+    generation, a tell that uses the losses, an exact JSON state round trip), its fields, the
+    one-line refusal of other strategies' fields, and a 2-generation run whose rule file loads."""
+    spec = STRATEGIES[name]
+    assert spec.doc and "\n" not in spec.doc
+    fields = {f.name: f for f in dataclasses.fields(EvolutionConfig)}
+    assert set(spec.fields) <= set(fields), "a strategy's fields are EvolutionConfig fields"
+    cfg = EvolutionConfig(**TINY_EVOLUTION, strategy=name)
+    start = np.array([0.3, -0.2, 0.1, 0.4])
+    a, b = make_strategy(cfg, start), make_strategy(cfg, start)
+    members = a.ask(1)
+    assert members.ndim == 2 and members.shape[1] == 4 and np.isfinite(members).all()
+    np.testing.assert_array_equal(members, b.ask(1))  # seeded by (seed, generation) only
+    losses = quadratic(members)
+    a.tell(1, members, losses)
+    b.tell(1, members, losses[::-1].copy())
+    # Catches: a tell that ignores the losses (or their order)
+    assert not (np.array_equal(a.center(), b.center())
+                and np.array_equal(a.ask(2), b.ask(2))), "tell must use the losses"
+    assert np.isfinite(a.center()).all() and a.center().shape == (4,)
+    assert all(np.isfinite(v) for v in a.stats().values())
+    # the state round trip through JSON: the copy continues exactly like the original
+    c = make_strategy(cfg, np.zeros(4))
+    c.load_state_dict(_jsonable(a.state_dict()))
+    np.testing.assert_array_equal(c.center(), a.center())
+    for g in (2, 3):
+        m = a.ask(g)
+        np.testing.assert_array_equal(m, c.ask(g))
+        a.tell(g, m, quadratic(m))
+        c.tell(g, m, quadratic(m))
+    assert _jsonable(a.state_dict()) == _jsonable(c.state_dict())
+    # a field only other strategies read, set under this one, is one line naming it and the fix
+    for field, f in fields.items():
+        users = [s for s, other in STRATEGIES.items() if field in other.fields]
+        if not users or field in spec.fields:
+            continue
+        value = (not f.default) if isinstance(f.default, bool) else (
+            "random" if isinstance(f.default, str) else f.default + 1)
+        with pytest.raises(PlasticityError) as info:
+            EvolutionConfig(**TINY_EVOLUTION, strategy=name, **{field: value})
+        msg = str(info.value)
+        assert "\n" not in msg and msg.startswith(f"{field} applies to {', '.join(users)}")
+        assert f"strategy={name} does not use it" in msg and f"strategy={'|'.join(users)}" in msg
+    # a 2-generation run on a tiny config: finite history, the rule file with its method
+    run = run_evolution(cfg, data, out=tmp_path)
+    assert [h["generation"] for h in run.history] == [1, 2]
+    assert all(np.isfinite(h["loss_center"]) and np.isfinite(h["loss_best"]) for h in run.history)
+    assert run.rule.provenance["method"] == method_name(cfg)
+    loaded = load_rule(save_rule(run.rule, tmp_path / "rule.json"))
+    assert torch.equal(loaded.output.table(), run.rule.output.table())
+    assert json.loads((tmp_path / "checkpoint.json").read_text())["generation"] == 2

@@ -15,8 +15,8 @@ from .. import PlasticityError
 from ..checks import check_choice, check_positive
 from ..config import Common, MetaConfig
 from ..rules.tables import MODES, OUTPUT_ROWS, UPDATE_ON
+from .strategies import STRATEGIES, check_strategy_fields
 
-STRATEGIES = ("genetic", "ga", "es")
 SHARING = ("none", "random")
 
 
@@ -53,6 +53,7 @@ class EvolutionConfig(Common):
     def __post_init__(self):
         super().__post_init__()
         check_choice("strategy", self.strategy, STRATEGIES)
+        check_strategy_fields(self)
         check_choice("sharing", self.sharing, SHARING)
         check_choice("learn", self.learn, ("output", "both", "rnn"))
         check_choice("mode", self.mode, MODES)
@@ -128,7 +129,7 @@ def parse_floats(name: str, text: str) -> list[float]:
 
 
 SMOKE = {"n_train": 600, "n_test": 500, "neurons": 40, "k": 20, "episodes": 2, "batch": 20,
-         "population": 8, "generations": 3, "genes": 10}
+         "population": 8, "generations": 3}
 PRESETS = {
     "evolve": {
         "smoke": SMOKE,
@@ -142,7 +143,7 @@ PRESETS = {
         "paper": {"generations": 200, "seeds": 5, "eval_train": 10000, "eval_examples": 10000},
     },
     "evolve-theory": {
-        "smoke": {**SMOKE, "thetas": "0.1,0.2", "infinite": True},
+        "smoke": {**SMOKE, "thetas": "0.1,0.2", "infinite": True, "genes": 10},
         "quick": {"infinite": True, "generations": 30, "batch": 50, "thetas": "0.03,0.1,0.2",
                   "epss": "0.05,0.1,0.25"},
         "paper": {"infinite": True, "generations": 100, "thetas": "0.01,0.03,0.1,0.2",
