@@ -102,10 +102,12 @@ def get_space(name: str) -> Space:
 def sample(space: Space, n: int = 1, seed: int | None = None) -> list[dict]:
     """``n`` resolved configs of ``space`` (grids expanded, ``sample_from`` evaluated): with a
     seed, exactly the configs ``plasticity sweep --samples n --seed seed`` runs, in order."""
-    from ray.tune.search.sample import _BackwardsCompatibleNumpyRng
+    import numpy as np
     from ray.tune.search.variant_generator import generate_variants
 
-    rng = _BackwardsCompatibleNumpyRng(seed)
+    # what BasicVariantGenerator(random_state=seed), the sweep's search algorithm, draws from:
+    # numpy's Generator for an integer seed, numpy's global state for None
+    rng = None if seed is None else np.random.default_rng(seed)
     out = []
     for _ in range(n):
         out += [cfg for _, cfg in generate_variants(dict(space.params), random_state=rng)]
