@@ -82,13 +82,6 @@ def _grad(model: FrozenNet, x: torch.Tensor, loss_fn) -> tuple[torch.Tensor, tor
     return logits.detach(), g
 
 
-def _record(best, broken, x_now, logits, y):
-    """Mark rows misclassified at x_now as broken; keep their first adversarial point."""
-    new = (logits.argmax(-1) != y) & ~broken
-    best[new] = x_now[new].detach()
-    return broken | new
-
-
 def double_softmax_ce(logits: torch.Tensor, target: torch.Tensor, reduction="none"):
     """The reference code's loss (docs/paper.md 8.3): cross-entropy applied to softmax outputs, so
     softmax twice. Its gradient vanishes when the first softmax saturates (large logits)."""
