@@ -84,7 +84,7 @@ def check_attack(name: str, net: FrozenNet, x, y, surrogate: FrozenNet) -> None:
             # a "broken" example's point really is misclassified, and a break is never lost
             assert bool((net.predict(x_adv[broken]) != y[broken]).all()), (name, threat, eps)
         # Catches: an attack that returns x (or never leaves it): the large ball is broken
-        assert int((broken & ~clean_wrong).sum()) > 0, (name, threat)
+        assert int((broken & ~clean_wrong).sum()) > 0, f"{name} breaks nothing in a large ball"
     # what it needs of the attacked network: only "gradients" attacks ask it for a gradient
     box = BlackBox(net)
     norm, r = attack_radius(name, "l2", RADII["l2"][1], x.shape[1])
@@ -203,8 +203,8 @@ def check_parametrization(name: str, data, tmp_path) -> None:
             assert tuple(table.shape) == table_shape(layer, T) and table.dtype == torch.float64
             assert table.abs().sum() > 0
             zero = spec.init(layer, T, hidden=4, gen=torch.Generator().manual_seed(0), scale=0.0)
-            assert torch.equal(spec.table(layer, T, zero), torch.zeros(table_shape(layer, T),
-                                                                       dtype=torch.float64))
+            zero_table = torch.zeros(table_shape(layer, T), dtype=torch.float64)
+            assert torch.equal(spec.table(layer, T, zero), zero_table), "scale 0: the zero table"
             other = spec.init(layer, T, hidden=4, gen=torch.Generator().manual_seed(1), scale=0.7)
             stacked = spec.table(layer, T, {k: torch.stack([p[k], other[k]]) for k in p})
             assert torch.allclose(stacked[0], table) and torch.allclose(
