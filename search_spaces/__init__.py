@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from plasticity import PlasticityError
+from plasticity.evolution.strategies import STRATEGIES
 from ray import tune
 
 IMAGES = ("mnist", "fashion_mnist")
@@ -40,6 +41,12 @@ def _half(config: dict) -> int:
 
 def _fig3_rule(config: dict) -> str:
     return f"fig3_T{int(config['T'])}"  # a rule shipped with the package (rules/data)
+
+
+def _infinite(config: dict) -> bool:
+    """The compare preset's infinite-population model for genetic trials; the other strategies
+    do not read ``infinite`` (and refuse it set)."""
+    return config["strategy"] == "genetic"
 
 
 SPACES: dict[str, Space] = {
@@ -76,7 +83,8 @@ SPACES: dict[str, Space] = {
              "eps (worst case over attacks logged per eps)", gpus=1.0),
     "evolution_vs_gd": Space(
         "compare", "quick",
-        {"strategy": tune.grid_search(["genetic", "ga", "es"]), "seed": tune.randint(0, 10_000)},
+        {"strategy": tune.grid_search(list(STRATEGIES)), "infinite": tune.sample_from(_infinite),
+         "seed": tune.randint(0, 10_000)},
         metric="compare/evolution_test_accuracy_mean", mode="max",
         help="evolution (allele model, GA, ES) vs GD on the same rules, same inner loop", gpus=1.0),
 }
@@ -92,10 +100,12 @@ def get_space(name: str) -> Space:
 def sample(space: Space, n: int = 1, seed: int | None = None) -> list[dict]:
     """``n`` resolved configs of ``space`` (grids expanded, ``sample_from`` evaluated): with a
     seed, exactly the configs ``plasticity sweep --samples n --seed seed`` runs, in order."""
-    from ray.tune.search.sample import _BackwardsCompatibleNumpyRng
+    import numpy as np
     from ray.tune.search.variant_generator import generate_variants
 
-    rng = _BackwardsCompatibleNumpyRng(seed)
+    # what BasicVariantGenerator(random_state=seed), the sweep's search algorithm, draws from:
+    # numpy's Generator for an integer seed, numpy's global state for None
+    rng = None if seed is None else np.random.default_rng(seed)
     out = []
     for _ in range(n):
         out += [cfg for _, cfg in generate_variants(dict(space.params), random_state=rng)]

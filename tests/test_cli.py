@@ -38,6 +38,24 @@ def in_process(capsys, *args: str) -> subprocess.CompletedProcess:
     return subprocess.CompletedProcess(args, exc.value.code, cap.out, cap.err)
 
 
+PRESETS = [(name, preset) for name, command in all_commands().items() for preset in command.presets]
+
+
+@pytest.mark.parametrize("name, preset", PRESETS, ids=[f"{n}-{p}" for n, p in PRESETS])
+def test_every_preset_of_every_command_builds(name, preset):
+    """Every preset is a valid config; an evolution preset that sets no strategy's own field
+    (nor the strategy) is one for every strategy of the registry too."""
+    from plasticity.evolution.strategies import STRATEGIES
+
+    command = all_commands()[name]
+    cfg = command.build(preset, {}, None)
+    assert all(getattr(cfg, k) == v for k, v in command.presets[preset].items())
+    owned = {f for spec in STRATEGIES.values() for f in spec.fields} | {"strategy"}
+    if hasattr(cfg, "strategy") and not owned & set(command.presets[preset]):
+        for strategy in STRATEGIES:
+            assert command.build(preset, {"strategy": strategy}, None).strategy == strategy
+
+
 @pytest.mark.parametrize("args, needle", [
     (["train", "--set", "k=500"], "k=500"),
     (["train", "--set", "T=0"], "T=0"),

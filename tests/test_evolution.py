@@ -16,17 +16,19 @@ from plasticity.evolution.config import EvolutionConfig
 from plasticity.evolution.driver import CHECKPOINT, run_evolution
 from plasticity.evolution.evaluate import PopulationEvaluator, RuleSpace, generation_batches
 from plasticity.evolution.genetics import GeneticFinite, GeneticInfinite, gene_map
-from plasticity.evolution.strategies import ES, GA, centred_ranks
+from plasticity.evolution.strategies import ES, GA, STRATEGIES, centred_ranks
 from plasticity.evolution.theory import FORMS, allele_gradient, predicted_step
 from plasticity.meta import episode_batches, episode_loss
 from plasticity.rules import Scheme
+from registry_checks import check_strategy
 
 TINY = dict(n_train=300, n_test=200, neurons=20, k=10, episodes=2, batch=10, population=6,
-            generations=4, genes=8)
+            generations=4)
 
 
 def tiny(**kw) -> EvolutionConfig:
-    return EvolutionConfig(**{**TINY, **kw})
+    genetic = {"genes": 8} if kw.get("strategy", "genetic") == "genetic" else {}  # its own knob
+    return EvolutionConfig(**{**TINY, **genetic, **kw})
 
 
 TARGET = np.array([-1.0, 1.0, 1.5, -0.5])
@@ -90,6 +92,26 @@ def test_infinite_selection_follows_the_replicator_form_not_the_printed_one():
         assert errors[0.01, eps]["replicator"] < 0.15 * errors[0.1, eps]["replicator"], errors
 
 
+@pytest.mark.parametrize("name", list(STRATEGIES))
+def test_every_strategy_keeps_the_protocol(name, halfspace, tmp_path):
+    """Every registry entry (registry_checks.check_strategy): ask / tell / state_dict, its
+    fields, a 2-generation run."""
+    check_strategy(name, halfspace, tmp_path)
+
+
+def test_a_field_of_another_strategy_is_one_line_naming_field_strategy_and_fix():
+    from plasticity import PlasticityError
+
+    with pytest.raises(PlasticityError) as info:
+        tiny(strategy="genetic", sigma=0.3)
+    assert str(info.value) == ("sigma applies to ga, es; strategy=genetic does not use it: drop "
+                               "it (default 0.1) or choose strategy=ga|es")
+    with pytest.raises(PlasticityError, match="^infinite applies to genetic; strategy=es does not"):
+        tiny(strategy="es", infinite=True)
+    assert tiny(strategy="es", sigma=0.3).sigma == 0.3  # its own field
+    assert tiny(strategy="ga", infinite=False).strategy == "ga"  # a default value is fine
+
+
 def test_centred_ranks():
     np.testing.assert_allclose(centred_ranks(np.array([3.0, 1.0, 2.0])), [0.5, -0.5, 0.0])
 
@@ -136,7 +158,7 @@ def test_rule_space_start_is_gd_start():
     assert torch.equal(rule.rnn.table(), rnn.detach())
 
 
-@pytest.mark.parametrize("strategy", ["genetic", "ga", "es"])
+@pytest.mark.parametrize("strategy", list(STRATEGIES))
 def test_resume_after_a_stop_equals_an_uninterrupted_run(strategy, halfspace, tmp_path):
     cfg = tiny(strategy=strategy)
     whole = run_evolution(cfg, halfspace, out=tmp_path / "a")
@@ -188,7 +210,8 @@ def test_bad_input_is_one_line_exit_2(sets, needle, capsys, tmp_path):
     ("evolve-theory", ["thetas=0.1,abc"], "thetas"),
     ("evolve-theory", ["epss=0,0.1"], "epss"),
     ("compare", ["seeds=0"], "seeds=0"),
-    ("evolve", ["truncation=0"], "truncation=0"),
+    ("evolve", ["strategy=ga", "truncation=0"], "truncation=0"),
+    ("evolve", ["truncation=0.5"], "truncation applies to ga; strategy=genetic does not use it"),
     ("evolve", ["workers=-1"], "workers=-1"),
 ])
 def test_other_bad_input_is_one_line_exit_2(command, sets, needle, capsys, tmp_path):
@@ -275,7 +298,7 @@ class _ExplodingPool:
         return out
 
 
-@pytest.mark.parametrize("strategy", ["ga", "es", "genetic"])
+@pytest.mark.parametrize("strategy", list(STRATEGIES))
 def test_exploding_members_are_contained(halfspace, strategy):
     """Non-finite losses never become the best, the mean or the final rule; they are counted."""
     cfg = tiny(strategy=strategy)

@@ -1,5 +1,6 @@
-"""Attacks on frozen networks: eps balls, pixel range, sanity of robust-accuracy curves, the
-paper's batched targeted attack against a per-example loop, and the `attack` command."""
+"""Attacks on frozen networks: every ATTACKS entry (eps balls, pixel range, what it needs:
+registry_checks.check_attack), sanity of robust-accuracy curves, the paper's batched targeted
+attack against a per-example loop, and the `attack` command."""
 
 from __future__ import annotations
 
@@ -9,13 +10,11 @@ import pytest
 import torch
 from plasticity.cli import main
 from plasticity.commands import config_commands as all_commands
-from plasticity.config import TrainConfig
 from plasticity.data import load_dataset
-from plasticity.experiment import run_networks
-from plasticity.robustness.attacks import ATTACK_NORM, ATTACKS, FrozenNet, fgsm, paper_l2, pgd, square
-from plasticity.robustness.evaluate import Budget, attack_radius, diagnostics, inside, robustness_curves
-from plasticity.rules.classic import classic_rule
-from plasticity.transfer import run_train
+from plasticity.robustness.attacks import ATTACKS, Attack, FrozenNet, fgsm, paper_l2, pgd, square
+from plasticity.robustness.evaluate import Budget, diagnostics, robustness_curves
+from registry_checks import BlackBox, check_attack
+from registry_checks import frozen_net as _net
 
 BUDGET = Budget(steps=10, restarts=2, paper_steps=10, paper_alpha=1.0, queries=60)
 
@@ -23,13 +22,6 @@ BUDGET = Budget(steps=10, restarts=2, paper_steps=10, paper_alpha=1.0, queries=6
 @pytest.fixture(scope="module")
 def mnist():
     return load_dataset("mnist")
-
-
-def _net(mnist, T: int, seed: int = 0) -> FrozenNet:
-    cfg = TrainConfig(dataset="mnist", neurons=60, k=30, T=T, n_train=800, n_test=100, networks=1,
-                      eval_every=10**6, eval_examples=1, seed=seed)
-    res = run_train(cfg, classic_rule("perceptron", T), data=mnist)
-    return FrozenNet(run_networks(cfg, mnist, 1, "cpu"), res.W, res.U)
 
 
 @pytest.fixture(scope="module", params=[1, 3], ids=["T1", "T3"])
@@ -46,28 +38,36 @@ def _gen():
     return torch.Generator().manual_seed(0)
 
 
-@pytest.mark.parametrize("name", sorted(set(ATTACKS) - {"transfer"}))
-@pytest.mark.parametrize("threat", ["l2", "linf"])
-def test_adversarial_examples_stay_in_the_ball_and_pixel_range(net, batch, name, threat):
-    x, y = batch
-    for eps in (0.3, 1.5) if threat == "l2" else (0.05, 0.2):
-        norm, r = attack_radius(name, threat, eps, x.shape[1])
-        kw = dict(steps=5, restarts=2, queries=30, gen=_gen(), alpha=5.0)
-        x_adv, broken = ATTACKS[name](net, x, y, r, norm=norm, **kw)
-        assert x_adv.shape == x.shape and broken.shape == y.shape
-        assert inside(x_adv, x, r, norm, 0.0, 1.0, tol=1e-5)
-        assert inside(x_adv, x, eps, threat, 0.0, 1.0, tol=1e-5)
-        # a "broken" example's stored point really is misclassified
-        assert bool((net.predict(x_adv[broken]) != y[broken]).all())
+@pytest.fixture(scope="module")
+def surrogate(mnist):
+    """Another network (its own graph, weights and examples): the transfer attacks' surrogate."""
+    return _net(mnist, 1, seed=1)
 
 
-def test_eps_zero_gives_the_clean_accuracy(net, batch):
+@pytest.mark.parametrize("name", list(ATTACKS))
+def test_every_attack_stays_in_its_ball_breaks_and_needs_what_it_says(net, batch, surrogate, name):
+    """Every registry entry (registry_checks.check_attack), on networks of T = 1 and T = 3."""
+    check_attack(name, net, *batch, surrogate)
+
+
+def test_attack_records_are_checked():
+    def noop(model, x, y, eps, **_):
+        return x, model.predict(x) != y
+
+    Attack(noop, "threat", "queries", "a valid record")
+    for bad in (dict(norm="l1"), dict(needs="labels"), dict(doc=""), dict(doc="two\nlines")):
+        with pytest.raises(ValueError):
+            Attack(**{"fn": noop, "norm": "l2", "needs": "gradients", "doc": "x", **bad})
+
+
+def test_eps_zero_gives_the_clean_accuracy(net, batch, surrogate):
     x, y = batch
-    res = robustness_curves(net, x, y, [0.0], list(ATTACK_NORM.keys() - {"transfer"}),
-                            budget=BUDGET, gen=_gen())
+    res = robustness_curves(net, x, y, [0.0], list(ATTACKS), budget=BUDGET, gen=_gen(),
+                            surrogate=surrogate)
     clean = (net.predict(x) == y).double().mean().item()
     assert res["clean"] == clean
     assert res["worst"] == [clean] and all(v == [clean] for v in res["raw"].values())
+    assert set(res["raw"]) == set(ATTACKS)
 
 
 def test_worst_case_is_below_every_attack_and_large_eps_breaks_everything(net, batch):
@@ -127,22 +127,12 @@ def test_gradient_free_attack_sees_through_masked_gradients(mnist, batch):
     assert int(b_sq.sum()) > int(b_pgd.sum()) + 5
 
 
-class _BlackBox(FrozenNet):
-    """A target network that refuses every gradient query: all a transfer attack may use."""
-
-    def logits(self, x):
-        if torch.is_grad_enabled() and x.requires_grad:
-            raise AssertionError("the target network was asked for a gradient")
-        return super().logits(x)
-
-
-def test_transfer_attack_crafts_on_the_surrogate_and_judges_on_the_target(mnist, net, batch):
+def test_transfer_attack_crafts_on_the_surrogate_and_judges_on_the_target(net, batch, surrogate):
     x, y = batch
-    surrogate = _net(mnist, 1, seed=1)  # another network: its own graph, weights and examples
-    target = _BlackBox(net.nets, net.W, net.U)
-    # Catches: a transfer attack that asks the target network for a gradient (_BlackBox raises)
-    x_tr, b_tr = ATTACKS["transfer"](target, x, y, 2.0, surrogate=surrogate, norm="l2", steps=5,
-                                     restarts=1, gen=_gen())
+    target = BlackBox(net)
+    # Catches: a transfer attack that asks the target network for a gradient (BlackBox raises)
+    x_tr, b_tr = ATTACKS["transfer"].fn(target, x, y, 2.0, surrogate=surrogate, norm="l2",
+                                        steps=5, restarts=1, gen=_gen())
     # Catches: adversarial points crafted on anything but the surrogate
     x_pgd, _ = pgd(surrogate, x, y, 2.0, norm="l2", steps=5, restarts=1, gen=_gen())
     assert torch.equal(x_tr, x_pgd)
@@ -198,8 +188,8 @@ def test_double_softmax_loss_masks_gradients_of_large_logits(mnist, batch):
     big = FrozenNet(base.nets, base.W, base.U * 1000)
     x, y = batch
     assert torch.equal(big.predict(x), base.predict(x))
-    _, b_ce = ATTACKS["paper"](big, x, y, 2.0, steps=10, alpha=0.1)
-    _, b_ds = ATTACKS["paper_ds"](big, x, y, 2.0, steps=10, alpha=0.1)
+    _, b_ce = ATTACKS["paper"].fn(big, x, y, 2.0, steps=10, alpha=0.1)
+    _, b_ds = ATTACKS["paper_ds"].fn(big, x, y, 2.0, steps=10, alpha=0.1)
     wrong = int((big.predict(x) != y).sum())
     assert int(b_ds.sum()) == wrong < int(b_ce.sum())
     d_big, d_base = diagnostics(big, x, y), diagnostics(base, x, y)

@@ -9,10 +9,12 @@ import os
 import pytest
 import torch
 from plasticity import PlasticityError
+from plasticity.data import load_dataset
 from plasticity.rules import LayerRule, Rule, Scheme
 from plasticity.rules.classic import classic_rule, perceptron, temporal_hebb, winnow
 from plasticity.rules.io import load_rule, rule_from_dict, rule_to_dict, save_rule
-from plasticity.rules.tables import init_params
+from plasticity.rules.tables import PARAMETRIZATIONS, Parametrization, init_params
+from registry_checks import check_parametrization
 
 F64 = torch.float64
 
@@ -126,6 +128,42 @@ def test_json_round_trip_is_exact(tmp_path, make):
     d = json.loads(path.read_text())
     assert d["format"] == "plasticity-rule" and d["version"] == 1
     assert d["output"]["values"] == rule.output.table().tolist()
+
+
+@pytest.mark.parametrize("name", list(PARAMETRIZATIONS))
+def test_every_parametrization_keeps_the_protocol(name, tmp_path):
+    """Every registry entry (registry_checks.check_parametrization): init, the rule-file round
+    trip, meta-learning steps with a finite gradient."""
+    check_parametrization(name, load_dataset("halfspace"), tmp_path)
+
+
+def test_shipped_rule_files_load_as_their_parametrization():
+    """The rule files of the repository (bench/rules, results/) still load, each through its
+    registry entry, to the table stored next to its params."""
+    import subprocess
+
+    files = [f for f in subprocess.run(["git", "ls-files", "*.json"], capture_output=True,
+                                       text=True, check=True).stdout.split()
+             if '"plasticity-rule"' in open(f).read()]
+    assert "bench/rules/fig3_T1.json" in files and "bench/rules/fig3_T3.json" in files
+    for f in files:
+        rule, d = load_rule(f), json.loads(open(f).read())
+        for layer in ("output", "rnn"):
+            if d[layer] is None:
+                continue
+            lr = getattr(rule, layer)
+            assert lr.param == d[layer].get("param", "table") and lr.param in PARAMETRIZATIONS
+            values = torch.tensor(d[layer]["values"], dtype=F64)
+            assert torch.allclose(lr.table(), values, rtol=0, atol=1e-12), (f, layer)
+
+
+def test_parametrization_records_are_checked():
+    table = PARAMETRIZATIONS["table"]
+    for bad in (dict(keys=()), dict(keys=("a", "b"), from_values=True), dict(doc=""),
+                dict(doc="two\nlines")):
+        with pytest.raises(ValueError):
+            Parametrization(**{"init": table.init, "table": table.table, "keys": ("table",),
+                               "doc": "x", **bad})
 
 
 # ------------------------------------------------------------------ atomic save

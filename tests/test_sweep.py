@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from plasticity.commands import config_commands as all_commands
+from plasticity.evolution.strategies import STRATEGIES
 from plasticity.tracking import child_runs, open_store
 from test_cli import assert_one_line_error, in_process
 
@@ -40,6 +41,12 @@ def test_every_space_samples_into_a_valid_config(name):
 def test_sampling_is_seeded_and_grid_spaces_expand():
     assert len(sample(get_space("fig3_transfer"))) == 6 * 2 * 2
     assert {c["k"] * 2 for c in sample(get_space("fig3_transfer"))} == {100, 1000}
+    smoke = get_space("smoke")
+    assert sample(smoke, 3, seed=5) == sample(smoke, 3, seed=5) != sample(smoke, 3, seed=6)
+    # the evolution space runs every strategy of the registry, genetic with the preset's model
+    evo = sample(get_space("evolution_vs_gd"), 1, seed=0)
+    assert [c["strategy"] for c in evo] == list(STRATEGIES)
+    assert [c["infinite"] for c in evo] == [s == "genetic" for s in STRATEGIES]
 
 
 def _children(uri, parent_run_id):

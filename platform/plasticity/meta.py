@@ -22,7 +22,7 @@ from .learning import example_orders, progress_bar, train_with_rule
 from .network import Networks
 from .rules import LayerRule, Rule, Scheme
 from .rules.classic import perceptron
-from .rules.tables import apply_delta, init_params, output_delta, params_to_table, rnn_delta
+from .rules.tables import apply_delta, output_delta, parametrization, rnn_delta
 from .seeding import derive_seed, torch_generator
 
 
@@ -123,13 +123,16 @@ class RuleParams:
             fixed_output = perceptron(cfg.T)
         self.cfg = cfg
         self.param = cfg.rule_param
-        self.out = {} if fixed_output is not None else _trainable(
-            init_params(cfg.rule_param, "output", cfg.T, hidden=cfg.hidden, gen=gen,
-                        scale=cfg.output_init), device)
+        self.spec = parametrization(cfg.rule_param)  # the registry entry (rules.tables)
+        self.out = {} if fixed_output is not None else self._init("output", cfg.output_init,
+                                                                   gen, device)
         learn_rnn = cfg.learn in ("both", "rnn")
-        self.rnn = _trainable(init_params(cfg.rule_param, "rnn", cfg.T, hidden=cfg.hidden, gen=gen,
-                                          scale=cfg.rnn_init), device) if learn_rnn else {}
+        self.rnn = self._init("rnn", cfg.rnn_init, gen, device) if learn_rnn else {}
         self.fixed_rnn, self.fixed_output = fixed_rnn, fixed_output
+
+    def _init(self, layer: str, scale: float, gen, device) -> dict:
+        params = self.spec.init(layer, self.cfg.T, hidden=self.cfg.hidden, gen=gen, scale=scale)
+        return _trainable(params, device)
 
     def parameters(self) -> list[torch.Tensor]:
         return [*self.out.values(), *self.rnn.values()]
@@ -140,9 +143,9 @@ class RuleParams:
         if self.fixed_output is not None:
             out = self.fixed_output.table()
         else:
-            out = params_to_table(self.param, "output", cfg.T, self.out)
+            out = self.spec.table("output", cfg.T, self.out)
         if self.rnn:
-            rnn = params_to_table(self.param, "rnn", cfg.T, self.rnn)
+            rnn = self.spec.table("rnn", cfg.T, self.rnn)
         else:
             rnn = None if self.fixed_rnn is None else self.fixed_rnn.table()
         dev = self.parameters()[0].device if self.parameters() else "cpu"
@@ -154,7 +157,7 @@ class RuleParams:
 
         def snap(params, layer):
             p = {k: v.detach().to(torch.float64).cpu().clone() for k, v in params.items()}
-            return LayerRule(layer, cfg.T, self.param, p, cfg.hidden if self.param == "mlp" else None)
+            return LayerRule(layer, cfg.T, self.param, p, cfg.hidden if self.spec.uses_hidden else None)
 
         out = self.fixed_output if self.fixed_output is not None else snap(self.out, "output")
         rnn = snap(self.rnn, "rnn") if self.rnn else self.fixed_rnn

@@ -97,26 +97,6 @@ def curves_plot(curves: dict[str, tuple[list, list]], path: str | Path, *, xlabe
     return save_figure(fig, path)
 
 
-def bar_plot(values: dict[str, dict[str, float]], path: str | Path, *, ylabel: str,
-             title: str = "") -> Path:
-    """Grouped bars: ``{group: {series: value}}`` (e.g. data set -> network -> accuracy)."""
-    plt = pyplot()
-    groups = list(values)
-    series = sorted({s for g in values.values() for s in g}, key=lambda s: str(s))
-    width = 0.8 / max(1, len(series))
-    fig, ax = plt.subplots(figsize=(max(5.0, 1.1 * len(groups)), 3.6))
-    for i, s in enumerate(series):
-        ys = [values[g].get(s, np.nan) for g in groups]
-        ax.bar(np.arange(len(groups)) + i * width, ys, width, label=s)
-    ax.set_xticks(np.arange(len(groups)) + 0.4 - width / 2, groups, fontsize=8, rotation=20)
-    ax.set_ylabel(ylabel)
-    if title:
-        ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=7)
-    ax.grid(axis="y", alpha=0.3)
-    return save_figure(fig, path)
-
-
 def _cell(v) -> str:
     """A table cell: floats with one decimal, None as '-'."""
     return f"{v:.1f}" if isinstance(v, float) else ("-" if v is None else str(v))

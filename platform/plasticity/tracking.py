@@ -683,9 +683,3 @@ def fetch_rule(ref: str, uri: str | None):
                                                     tracking_uri=uri)
         rule = load_rule(Path(local) / "rule.json")
     return rule
-
-
-def registered_versions(uri: str, name: str) -> list[str]:
-    """Versions of a registered rule, oldest first (for tests and the summary)."""
-    client = open_store(uri).client
-    return sorted((v.version for v in client.search_model_versions(f"name='{name}'")), key=int)

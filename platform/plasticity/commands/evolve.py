@@ -74,7 +74,7 @@ def evolve_handler(cfg: EvolutionConfig, ctx) -> dict:
 
 
 SMOKE = {"n_train": 600, "n_test": 500, "neurons": 40, "k": 20, "episodes": 2, "batch": 20,
-         "population": 8, "generations": 3, "genes": 10}
+         "population": 8, "generations": 3}  # no strategy's own field: --set strategy=ga works
 PRESETS = {
     "smoke": SMOKE,
     "quick": {"population": 64, "generations": 40, "batch": 50},

@@ -55,7 +55,7 @@ def evolve_theory_handler(cfg: TheoryConfig, ctx) -> dict:
 
 
 PRESETS = {
-    "smoke": {**SMOKE, "thetas": "0.1,0.2", "infinite": True},
+    "smoke": {**SMOKE, "thetas": "0.1,0.2", "infinite": True, "genes": 10},
     "quick": {"infinite": True, "generations": 30, "batch": 50, "thetas": "0.03,0.1,0.2",
               "epss": "0.05,0.1,0.25"},
     "paper": {"infinite": True, "generations": 100, "thetas": "0.01,0.03,0.1,0.2",

@@ -55,13 +55,13 @@ def _meta_sets(preset: str, **kw) -> dict:
 SIZES = {
     "smoke": {"small": {"neurons": 20, "k": 10}, "meta": {"n_train": 600, "n_test": 500},
               "targets": "halfspace,mnist",
-              "evolve": ("smoke", {}), "compare": ("smoke", {}),
+              "evolve": ("smoke", {"genes": 10}), "compare": ("smoke", {"genes": 10}),
               "transfer": ("smoke", {"shapes": "40x20"}), "attack": ("smoke", {"eps": "0,1"})},
     "quick": {"small": {"neurons": 100, "k": 50}, "meta": {"n_train": 4000, "n_test": 2000},
               "meta_T1": {"steps": 100}, "meta_T3": {"steps": 60, "episodes": 8, "horizon": 4000},
               "targets": ",".join(SIX),
               "evolve": ("smoke", dict(neurons=100, k=50, population=64, generations=30, batch=50,
-                                       episodes=4, n_train=0, n_test=2000)),
+                                       episodes=4, n_train=0, n_test=2000, genes=10)),
               # compare's own quick preset: the infinite-population allele model against GD from
               # the same starts, equal inner-loop examples, 3 seeds (~40 s; a 16 x 10 genetic
               # population is too small to learn and only showed that)

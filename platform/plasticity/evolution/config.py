@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from .. import PlasticityError
 from ..checks import check_choice, check_positive
 from ..config import MetaConfig, RuleSpaceConfig
+from .strategies import STRATEGIES, check_strategy_fields
 
-STRATEGIES = ("genetic", "ga", "es")
 SHARING = ("none", "random")
 
 
@@ -45,6 +45,7 @@ class EvolutionConfig(RuleSpaceConfig):
     def __post_init__(self):
         super().__post_init__()
         check_choice("strategy", self.strategy, STRATEGIES)
+        check_strategy_fields(self)
         check_choice("sharing", self.sharing, SHARING)
         if self.population < 2:
             raise PlasticityError(f"population={self.population} must be >= 2")

@@ -11,12 +11,22 @@ A strategy holds its state as plain numpy arrays (JSON-able, see ``state_dict``)
 All randomness is drawn on the driver from ``numpy_rng(seed, "evolution", g, ...)``: keyed by the
 generation, never by an actor, so scheduling cannot change a result. Strategies minimise losses;
 only the genetic model turns them into a fitness (genetics.py).
+
+``STRATEGIES`` (the registry, at the end) maps each ``strategy=`` name to a :class:`StrategySpec`:
+the factory, the config fields it owns, the provenance method, a one-line doc
+(docs/extending.md).
 """
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
 import numpy as np
 
+from .. import PlasticityError
 from ..seeding import numpy_rng
 from .genetics import GeneticFinite, GeneticInfinite
 
@@ -125,13 +135,66 @@ class ES:
         self.t = int(state["t"])
 
 
+@dataclass(frozen=True)
+class StrategySpec:
+    """One evolution strategy of ``EvolutionConfig.strategy``.
+
+    ``factory(cfg, start [P]) -> strategy`` with the interface of the module doc (``ask``,
+    ``tell``, ``center``, ``stats``, ``state_dict``, ``load_state_dict``); ``method(cfg)``: the
+    provenance method of a run (None: the registry key); ``fields``: the ``EvolutionConfig``
+    fields the strategy reads that other strategies ignore (``check_strategy_fields`` refuses
+    them set away from their defaults under another strategy); ``doc``: one line."""
+
+    factory: Callable[..., Any]
+    fields: tuple[str, ...]
+    doc: str
+    method: Callable[..., str] | None = None
+
+
+def _genetic(cfg, start: np.ndarray):
+    return (GeneticInfinite if cfg.infinite else GeneticFinite)(cfg, start)
+
+
+def _genetic_method(cfg) -> str:
+    return "genetic-infinite" if cfg.infinite else "genetic"
+
+
+# The registry: name -> StrategySpec. A new strategy is one entry here plus its class (and its
+# knobs as EvolutionConfig fields); `strategy=` and tests/test_evolution.py's parametrised tests
+# pick it up.
+STRATEGIES: dict[str, StrategySpec] = {
+    "genetic": StrategySpec(_genetic, ("infinite", "genes", "eps", "theta", "sharing"),
+                            "the paper's allele model (docs/paper.md 6.6), finite or infinite "
+                            "population", method=_genetic_method),
+    "ga": StrategySpec(GA, ("sigma", "truncation", "elites"),
+                       "truncation GA with Gaussian mutation and elitism"),
+    "es": StrategySpec(ES, ("sigma",), "antithetic evolution strategy with centred ranks and Adam"),
+}
+
+
 def make_strategy(cfg, start: np.ndarray):
-    """The strategy of ``cfg.strategy`` (genetic: finite or ``cfg.infinite``) from rule c [P]."""
-    if cfg.strategy == "genetic":
-        return (GeneticInfinite if cfg.infinite else GeneticFinite)(cfg, start)
-    return {"ga": GA, "es": ES}[cfg.strategy](cfg, start)
+    """The strategy of ``cfg.strategy`` started from rule c [P]."""
+    return STRATEGIES[cfg.strategy].factory(cfg, start)
 
 
 def method_name(cfg) -> str:
-    """Provenance method: genetic | genetic-infinite | ga | es."""
-    return "genetic-infinite" if cfg.strategy == "genetic" and cfg.infinite else cfg.strategy
+    """Provenance method: genetic | genetic-infinite | ga | es (the registry's ``method``)."""
+    spec = STRATEGIES[cfg.strategy]
+    return cfg.strategy if spec.method is None else spec.method(cfg)
+
+
+def check_strategy_fields(cfg) -> None:
+    """Refuse, in one line, a field that only other strategies read set away from its default."""
+    spec = STRATEGIES[cfg.strategy]
+    for f in dataclasses.fields(cfg):
+        users = [name for name, s in STRATEGIES.items() if f.name in s.fields]
+        if not users or f.name in spec.fields or getattr(cfg, f.name) == f.default:
+            continue
+        raise PlasticityError(
+            f"{f.name} applies to {', '.join(users)}; strategy={cfg.strategy} does not use it: "
+            f"drop it (default {_text(f.default)}) or choose strategy={'|'.join(users)}")
+
+
+def _text(value) -> str:
+    """A default as ``--set`` spells it (booleans lower-case)."""
+    return str(value).lower() if isinstance(value, bool) else str(value)

@@ -12,11 +12,15 @@ ReLU passes gradients where its input is > 0. Both can hide gradients, hence the
 :func:`square` (random search on the margin) and the surrogate :func:`transfer` attack.
 
 Batched over examples (and over targets for the paper's attack); no Python loop per example.
+``ATTACKS`` (the registry, at the end) maps each name to an :class:`Attack` record: the function,
+its norm, what it needs of the attacked network, a one-line doc (docs/extending.md).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -56,10 +60,6 @@ def margin(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return true - other
 
 
-def _norm(d: torch.Tensor, norm: str) -> torch.Tensor:
-    return d.norm(dim=1) if norm == "l2" else d.abs().amax(1)
-
-
 def project(x_adv: torch.Tensor, x: torch.Tensor, eps: float, norm: str, lo, hi) -> torch.Tensor:
     """Project x_adv onto the ``norm`` ball of radius eps around x, then clip to [lo, hi].
     Clipping moves each coordinate towards x (x itself is in range), so the result stays in the
@@ -80,13 +80,6 @@ def _grad(model: FrozenNet, x: torch.Tensor, loss_fn) -> tuple[torch.Tensor, tor
     logits = model.logits(x)
     (g,) = torch.autograd.grad(loss_fn(logits).sum(), x)
     return logits.detach(), g
-
-
-def _record(best, broken, x_now, logits, y):
-    """Mark rows misclassified at x_now as broken; keep their first adversarial point."""
-    new = (logits.argmax(-1) != y) & ~broken
-    best[new] = x_now[new].detach()
-    return broken | new
 
 
 def double_softmax_ce(logits: torch.Tensor, target: torch.Tensor, reduction="none"):
@@ -259,8 +252,55 @@ def paper_double_softmax(model: FrozenNet, x, y, eps: float, **kw):
     return paper_l2(model, x, y, eps, **{**kw, "loss": "double_softmax"})
 
 
-ATTACKS = {"paper": paper_l2, "paper_ds": paper_double_softmax, "fgsm": fgsm, "pgd_linf": pgd,
-           "pgd_l2": pgd, "square": square, "transfer": transfer}
-# the norm each attack works in ("threat": the run's threat norm)
-ATTACK_NORM = {"paper": "l2", "paper_ds": "l2", "fgsm": "linf", "pgd_linf": "linf", "pgd_l2": "l2",
-               "square": "threat", "transfer": "threat"}
+def _paper_budget(budget) -> dict:
+    """The paper's attack takes its own step count and raw-gradient step size from the budget."""
+    return {"steps": budget.paper_steps, "alpha": budget.paper_alpha}
+
+
+# What an attack needs of the attacked network: its input gradients, only its outputs (queries),
+# or nothing but its outputs while the gradients come from a surrogate network (``surrogate=``).
+NEEDS = ("gradients", "queries", "surrogate")
+
+
+@dataclass(frozen=True)
+class Attack:
+    """One attack: the function, the norm it works in, what it needs, a one-line doc.
+
+    ``fn(model, x, y, eps, *, norm, steps, step_scale, restarts, queries, gen, lo, hi, surrogate,
+    **_) -> (x_adv [B, d], broken [B])`` (see the module doc); it takes the keywords it uses and
+    ignores the rest. ``norm``: "l2" | "linf", or "threat" for an attack that runs in the run's
+    threat norm. ``budget(Budget) -> dict``: keywords that replace the shared budget ones (the
+    paper's attack: its own steps and step size); None: the shared ones only."""
+
+    fn: Callable[..., tuple[torch.Tensor, torch.Tensor]]
+    norm: str
+    needs: str
+    doc: str
+    budget: Callable[..., dict] | None = None
+
+    def __post_init__(self):
+        if self.norm not in (*NORMS, "threat"):
+            raise ValueError(f"attack norm '{self.norm}' is not one of {', '.join(NORMS)}, threat")
+        if self.needs not in NEEDS:
+            raise ValueError(f"attack needs '{self.needs}' is not one of {', '.join(NEEDS)}")
+        if not self.doc or "\n" in self.doc:
+            raise ValueError("an attack's doc is one non-empty line")
+
+
+# The registry: name -> Attack. A new attack is one entry here plus its function; `attacks=` of
+# `plasticity attack` and tests/test_robustness.py's parametrised tests pick it up.
+ATTACKS: dict[str, Attack] = {
+    "paper": Attack(paper_l2, "l2", "gradients",
+                    "the paper's targeted L2 attack along the raw CE gradient (docs/paper.md 5.4)",
+                    budget=_paper_budget),
+    "paper_ds": Attack(paper_double_softmax, "l2", "gradients",
+                       "the paper's attack on the reference code's double-softmax loss",
+                       budget=_paper_budget),
+    "fgsm": Attack(fgsm, "linf", "gradients", "one-step L-inf FGSM on the cross-entropy"),
+    "pgd_linf": Attack(pgd, "linf", "gradients", "L-inf PGD on the margin loss, with restarts"),
+    "pgd_l2": Attack(pgd, "l2", "gradients", "L2 PGD on the margin loss, with restarts"),
+    "square": Attack(square, "threat", "queries",
+                     "gradient-free random search on the margin (Square-attack style)"),
+    "transfer": Attack(transfer, "threat", "surrogate",
+                       "PGD crafted on a surrogate network, judged on the attacked one"),
+}

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from .. import PlasticityError
-from .attacks import ATTACK_NORM, ATTACKS, NORMS, FrozenNet
+from .attacks import ATTACKS, NORMS, FrozenNet
 
 
 @dataclass(frozen=True)
@@ -40,7 +40,7 @@ class Budget:
 
 def attack_radius(attack: str, threat: str, eps: float, dim: int) -> tuple[str, float]:
     """(norm the attack runs in, its radius) inside the ``threat`` ball of radius eps."""
-    norm = ATTACK_NORM[attack]
+    norm = ATTACKS[attack].norm
     norm = threat if norm == "threat" else norm
     if norm == threat:
         return norm, eps
@@ -79,9 +79,10 @@ def robustness_curves(model: FrozenNet, x: torch.Tensor, y: torch.Tensor, eps_li
     ``non_monotone`` raw curves, and up to ``keep`` adversarial examples per eps (``examples``).
     ``log``: one line per (eps, attack) on stderr."""
     check_attacks(attacks, threat)
-    if "transfer" in attacks and surrogate is None:
-        raise PlasticityError("attack 'transfer' needs a surrogate network: set surrogate=PATH "
-                              "(the network.pt of another attack run)")
+    for a in attacks:
+        if ATTACKS[a].needs == "surrogate" and surrogate is None:
+            raise PlasticityError(f"attack '{a}' needs a surrogate network: set surrogate=PATH "
+                                  "(the network.pt of another attack run)")
     eps_list = sorted(eps_list)
     B, dim = x.shape
     ok = model.predict(x) == y
@@ -102,9 +103,9 @@ def robustness_curves(model: FrozenNet, x: torch.Tensor, y: torch.Tensor, eps_li
             b = ~ok
             if r > 0 and idx.numel() > 0:
                 t0 = time.time()
-                extra = dict(steps=budget.paper_steps, alpha=budget.paper_alpha) \
-                    if a.startswith("paper") else {}
-                xa, bc = ATTACKS[a](model, x[idx], y[idx], r, norm=norm, **{**kw, **extra})
+                attack = ATTACKS[a]
+                extra = attack.budget(budget) if attack.budget is not None else {}
+                xa, bc = attack.fn(model, x[idx], y[idx], r, norm=norm, **{**kw, **extra})
                 seconds[a] += time.time() - t0
                 if log:
                     print(f"  eps {eps:g} {a}: {int(bc.sum())}/{idx.numel()} broken "

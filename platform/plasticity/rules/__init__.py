@@ -3,7 +3,8 @@
 A ``Rule`` bundles what rule-based learning needs: the output rule (always), the RNN rule (when
 the recurrent weights are plastic), the round count T, the application mode (additive or
 multiplicative), the update scheme, and provenance. Each layer's rule is a ``LayerRule``: its
-parametrization (table or MLP), its parameters, and the table they evaluate to.
+parametrization (a key of ``tables.PARAMETRIZATIONS``: table, MLP, ...), its parameters, and the
+table they evaluate to.
 """
 
 from __future__ import annotations
@@ -40,7 +41,8 @@ class Scheme:
 
 @dataclass(frozen=True)
 class LayerRule:
-    """One layer's rule: ``param`` ("table" or "mlp"), its parameters, and its evaluated table."""
+    """One layer's rule: ``param`` (a key of PARAMETRIZATIONS), its parameters, and its evaluated
+    table; ``hidden``: the MLP's hidden size (None for parametrizations without one)."""
 
     layer: str
     T: int

@@ -9,8 +9,10 @@ Format (version 1)::
      "rnn": null or {... as "output" ...},
      "provenance": {...}}
 
-``values`` is the evaluated table (for reading and plotting); ``params`` is what is loaded. For an
-MLP rule the loader recomputes the table from ``params`` and refuses a file whose ``values`` differ.
+``values`` is the evaluated table (for reading and plotting); ``params`` is what is loaded: the
+named tensors of the layer's parametrization (``tables.PARAMETRIZATIONS``: its ``keys``, checked
+by its ``check``). The loader recomputes the table from ``params`` and refuses a file whose
+``values`` differ.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import torch
 from .. import PlasticityError
 from ..files import atomic_write_text
 from . import LayerRule, Rule, Scheme
+from .tables import PARAMETRIZATIONS
 
 FORMAT = "plasticity-rule"
 VERSION = 1
@@ -85,28 +88,33 @@ def _layer(d, name: str, T: int, src: str) -> LayerRule | None:
         raise PlasticityError(f"{src}: '{name}' must be an object")
     param = d.get("param", "table")
     if not isinstance(param, str):
-        raise PlasticityError(f"{src}: {name}.param must be \"table\" or \"mlp\"")
+        names = " or ".join(f'"{p}"' for p in PARAMETRIZATIONS)
+        raise PlasticityError(f"{src}: {name}.param must be {names}")
     hidden = d.get("hidden")
     if hidden is not None and (not isinstance(hidden, int) or isinstance(hidden, bool)
                                or not 0 < hidden <= MAX_HIDDEN):
         raise PlasticityError(f"{src}: {name}.hidden must be an integer in 1..{MAX_HIDDEN}")
+    spec = PARAMETRIZATIONS.get(param)
     raw = d.get("params")
     if not isinstance(raw, dict) or not raw:
-        if param != "table" or "values" not in d:
+        if spec is None or not spec.from_values or "values" not in d:
             raise PlasticityError(f"{src}: {name}.params is missing")
-        raw = {"table": d["values"]}
+        raw = {spec.keys[0]: d["values"]}  # the table itself
     params = {str(k): _tensor(v, f"{src}: {name}.params.{k}") for k, v in raw.items()}
-    expected = {"table": {"table"}, "mlp": {"w1", "b1", "w2", "b2"}}.get(param)
-    if expected is None:
-        raise PlasticityError(f"{src}: unknown {name}.param '{param}': use table or mlp")
-    if set(params) != expected:
-        raise PlasticityError(f"{src}: {name}.params must have keys {sorted(expected)}")
-    if param == "mlp":
-        _check_mlp_shapes(params, name, T, hidden, src)
+    if spec is None:
+        raise PlasticityError(f"{src}: unknown {name}.param '{param}': use "
+                              f"{' or '.join(PARAMETRIZATIONS)}")
+    if set(params) != set(spec.keys):
+        raise PlasticityError(f"{src}: {name}.params must have keys {sorted(spec.keys)}")
+    if spec.check is not None:
+        try:
+            spec.check(name, T, params, hidden)
+        except PlasticityError as exc:
+            raise PlasticityError(f"{src}: {exc}") from None
     try:
         lr = LayerRule(name, T, param, params, hidden)
-    except RuntimeError as exc:  # MLP weights of inconsistent shapes
-        raise PlasticityError(f"{src}: {name} MLP weights have inconsistent shapes") from exc
+    except (RuntimeError, ValueError) as exc:  # parameters that do not fit together
+        raise PlasticityError(f"{src}: {name} {param} parameters have inconsistent shapes") from exc
     except PlasticityError as exc:
         raise PlasticityError(f"{src}: {exc}") from None
     if "values" in d:
@@ -114,19 +122,6 @@ def _layer(d, name: str, T: int, src: str) -> LayerRule | None:
         if values.shape != lr.table().shape or not torch.allclose(values, lr.table(), atol=1e-9):
             raise PlasticityError(f"{src}: {name}.values disagree with {name}.params")
     return lr
-
-
-def _check_mlp_shapes(params: dict, name: str, T: int, hidden, src: str) -> None:
-    """w1 [H, n_in], b1 [H], w2 [1, H], b2 [1], with H equal to the declared hidden size."""
-    n_in = 2 * T if name == "rnn" else T + 1
-    H = params["w1"].shape[0] if params["w1"].dim() == 2 else -1
-    want = {"w1": (H, n_in), "b1": (H,), "w2": (1, H), "b2": (1,)}
-    for key, shape in want.items():
-        if tuple(params[key].shape) != shape or H < 1:
-            raise PlasticityError(f"{src}: {name}.params.{key} has shape "
-                                  f"{list(params[key].shape)}, expected {list(shape)}")
-    if hidden is not None and hidden != H:
-        raise PlasticityError(f"{src}: {name}.hidden={hidden} but w1 has {H} hidden units")
 
 
 def rule_from_dict(d, src: str = "rule") -> Rule:

@@ -6,18 +6,22 @@ Every rule, whatever its parametrization, is evaluated into a table before it to
   and b = 1 for the edge into the predicted (or, with ``output_rows="all"``, any other) node.
 Tables may carry a leading network dimension [N, ...] so every network of a batch (every member of a
 population) can have its own rule. All functions here are pure and differentiable.
+
+``PARAMETRIZATIONS`` (the registry) maps each parametrization's name to a
+:class:`Parametrization` record: how it is initialised, evaluated into a table and stored in a
+rule file (docs/extending.md).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
 from .. import PlasticityError
 
-LAYERS = ("rnn", "output")
-PARAMETRIZATIONS = ("table", "mlp")
 MODES = ("additive", "multiplicative")
 UPDATE_ON = ("mistakes", "all")
 OUTPUT_ROWS = ("label_pred", "all")
@@ -49,44 +53,123 @@ def bit_inputs(layer: str, T: int, dtype=torch.float64, device="cpu") -> torch.T
     return torch.cat([pre, post], dim=1).to(dtype)
 
 
+def _table_init(layer: str, T: int, *, hidden: int, gen: torch.Generator, scale: float,
+                dtype=torch.float64) -> dict[str, torch.Tensor]:
+    """The table itself ~ N(0, scale^2) (zeros when scale = 0)."""
+    return {"table": torch.randn(table_shape(layer, T), generator=gen, dtype=dtype) * scale}
+
+
+def _table_eval(layer: str, T: int, params: dict[str, torch.Tensor]) -> torch.Tensor:
+    return params["table"]
+
+
+def _mlp_inputs(layer: str, T: int) -> int:
+    return 2 * T if layer == "rnn" else T + 1
+
+
+def _mlp_init(layer: str, T: int, *, hidden: int, gen: torch.Generator, scale: float,
+              dtype=torch.float64) -> dict[str, torch.Tensor]:
+    """An MLP (n_bits -> hidden ReLU -> 1) with PyTorch's default uniform init, its output layer
+    times ``scale``."""
+    n_in = _mlp_inputs(layer, T)
+
+    def uniform(*size, fan_in):
+        bound = 1.0 / math.sqrt(fan_in)
+        return (torch.rand(size, generator=gen, dtype=dtype) * 2 - 1) * bound
+
+    return {
+        "w1": uniform(hidden, n_in, fan_in=n_in),
+        "b1": uniform(hidden, fan_in=n_in),
+        "w2": uniform(1, hidden, fan_in=hidden) * scale,
+        "b2": uniform(1, fan_in=hidden) * scale,
+    }
+
+
+def _mlp_eval(layer: str, T: int, params: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The MLP at every cell's bits (``bit_inputs``), leading dims kept: [..., R, C]."""
+    w1 = params["w1"]
+    bits = bit_inputs(layer, T, dtype=w1.dtype, device=w1.device)
+    hid = torch.relu(torch.matmul(bits, w1.transpose(-1, -2)) + params["b1"].unsqueeze(-2))
+    out = torch.matmul(hid, params["w2"].transpose(-1, -2)) + params["b2"].unsqueeze(-2)
+    return out.squeeze(-1).reshape(*out.shape[:-2], *table_shape(layer, T))
+
+
+def _mlp_check(layer: str, T: int, params: dict[str, torch.Tensor], hidden: int | None) -> None:
+    """A loaded MLP: w1 [H, n_in], b1 [H], w2 [1, H], b2 [1], H the declared hidden size."""
+    H = params["w1"].shape[0] if params["w1"].dim() == 2 else -1
+    want = {"w1": (H, _mlp_inputs(layer, T)), "b1": (H,), "w2": (1, H), "b2": (1,)}
+    for key, shape in want.items():
+        if tuple(params[key].shape) != shape or H < 1:
+            raise PlasticityError(f"{layer}.params.{key} has shape {list(params[key].shape)}, "
+                                  f"expected {list(shape)}")
+    if hidden is not None and hidden != H:
+        raise PlasticityError(f"{layer}.hidden={hidden} but w1 has {H} hidden units")
+
+
+@dataclass(frozen=True)
+class Parametrization:
+    """One rule parametrization (``MetaConfig.rule_param``, a rule file's ``"param"``).
+
+    ``init(layer, T, *, hidden, gen, scale, dtype) -> params``: the initial parameters (named
+    tensors), ``scale`` the config's ``rnn_init`` / ``output_init``, ``gen`` the seeded
+    generator; ``table(layer, T, params) -> [..., R, C]``: the rule's table, differentiable,
+    leading dims of the params kept (see ``table_shape``). In a rule file the params are stored
+    under ``"params"`` by name and must be exactly ``keys``; ``check(layer, T, params, hidden)``
+    refuses loaded params of wrong shapes (a PlasticityError naming the field; the table's own
+    shape is checked for every parametrization). ``uses_hidden``: the config's ``hidden`` is
+    recorded with the rule; ``from_values``: a file may give only the table (``"values"``), which
+is then the one parameter."""
+
+    init: Callable[..., dict[str, torch.Tensor]]
+    table: Callable[[str, int, dict[str, torch.Tensor]], torch.Tensor]
+    keys: tuple[str, ...]
+    doc: str
+    check: Callable[[str, int, dict[str, torch.Tensor], int | None], None] | None = None
+    uses_hidden: bool = False
+    from_values: bool = False
+
+    def __post_init__(self):
+        if not self.keys or (self.from_values and len(self.keys) != 1):
+            raise ValueError("a parametrization has parameter keys, exactly one if from_values")
+        if not self.doc or "\n" in self.doc:
+            raise ValueError("a parametrization's doc is one non-empty line")
+
+
+# The registry: name -> Parametrization. A new parametrization is one entry here plus its
+# functions; `rule_param=`, rule files and the parametrised tests (tests/test_rules.py) pick it
+# up.
+PARAMETRIZATIONS: dict[str, Parametrization] = {
+    "table": Parametrization(_table_init, _table_eval, ("table",),
+                             "the table itself, one free number per cell", from_values=True),
+    "mlp": Parametrization(_mlp_init, _mlp_eval, ("w1", "b1", "w2", "b2"),
+                           "an MLP of the cell's bits: n_bits -> hidden ReLU -> 1",
+                           check=_mlp_check, uses_hidden=True),
+}
+
+
+def parametrization(param: str) -> Parametrization:
+    """The registry entry of ``param``; an unknown name is a one-line PlasticityError."""
+    spec = PARAMETRIZATIONS.get(param)
+    if spec is None:
+        raise PlasticityError(f"unknown rule parametrization '{param}': use "
+                              f"{' or '.join(PARAMETRIZATIONS)}")
+    return spec
+
+
 def init_params(
     param: str, layer: str, T: int, *, hidden: int, gen: torch.Generator, scale: float,
     dtype=torch.float64,
 ) -> dict[str, torch.Tensor]:
-    """Initial parameters: a table ~ N(0, scale^2) (zeros when scale = 0), or an MLP
-    (n_bits -> hidden ReLU -> 1) with PyTorch's default uniform init times ``scale``."""
-    shape = table_shape(layer, T)
-    if param == "table":
-        return {"table": torch.randn(shape, generator=gen, dtype=dtype) * scale}
-    if param == "mlp":
-        n_in = 2 * T if layer == "rnn" else T + 1
-
-        def uniform(*size, fan_in):
-            bound = 1.0 / math.sqrt(fan_in)
-            return (torch.rand(size, generator=gen, dtype=dtype) * 2 - 1) * bound
-
-        return {
-            "w1": uniform(hidden, n_in, fan_in=n_in),
-            "b1": uniform(hidden, fan_in=n_in),
-            "w2": uniform(1, hidden, fan_in=hidden) * scale,
-            "b2": uniform(1, fan_in=hidden) * scale,
-        }
-    raise PlasticityError(f"unknown rule parametrization '{param}': use table or mlp")
+    """Initial parameters of parametrization ``param`` (a table ~ N(0, scale^2), an MLP, ...)."""
+    table_shape(layer, T)  # refuses an unknown layer
+    return parametrization(param).init(layer, T, hidden=hidden, gen=gen, scale=scale, dtype=dtype)
 
 
 def params_to_table(param: str, layer: str, T: int, params: dict[str, torch.Tensor]) -> torch.Tensor:
     """Evaluate a rule's parameters into its table (differentiable). Leading dims are kept:
     table params [..., R, C] -> [..., R, C]; MLP params with leading [...] -> [..., R, C]."""
-    shape = table_shape(layer, T)
-    if param == "table":
-        return params["table"]
-    if param == "mlp":
-        w1 = params["w1"]
-        bits = bit_inputs(layer, T, dtype=w1.dtype, device=w1.device)
-        hid = torch.relu(torch.matmul(bits, w1.transpose(-1, -2)) + params["b1"].unsqueeze(-2))
-        out = torch.matmul(hid, params["w2"].transpose(-1, -2)) + params["b2"].unsqueeze(-2)
-        return out.squeeze(-1).reshape(*out.shape[:-2], *shape)
-    raise PlasticityError(f"unknown rule parametrization '{param}': use table or mlp")
+    table_shape(layer, T)  # refuses an unknown layer
+    return parametrization(param).table(layer, T, params)
 
 
 def _batched(table: torch.Tensor, n: int) -> torch.Tensor:
