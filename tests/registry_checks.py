@@ -20,7 +20,7 @@ from plasticity.evolution.config import EvolutionConfig
 from plasticity.evolution.driver import run_evolution
 from plasticity.evolution.strategies import STRATEGIES, make_strategy, method_name
 from plasticity.experiment import run_networks, run_tensors
-from plasticity.meta import RuleParams, _episode_batches, episode_loss, meta_train
+from plasticity.meta import RuleParams, episode_batches, episode_loss, meta_train
 from plasticity.robustness.attacks import ATTACKS, NORMS, FrozenNet
 from plasticity.robustness.evaluate import Budget, attack_radius, inside, robustness_curves
 from plasticity.rules import LayerRule, Rule, Scheme
@@ -231,7 +231,7 @@ def check_parametrization(name: str, data, tmp_path) -> None:
     assert len(params.parameters()) == 2 * len(spec.keys)
     x, y, _, _ = run_tensors(cfg, data, "cpu")
     nets = run_networks(cfg, data, cfg.episodes, "cpu", key="meta-networks")
-    idx = next(_episode_batches(cfg, x.shape[0], "cpu"))
+    idx = next(episode_batches(cfg, x.shape[0], "cpu"))
     rnn_t, out_t = params.tables(x.dtype)
     loss = episode_loss(nets, rnn_t, out_t, x[idx], y[idx], eta=cfg.eta, mode=cfg.mode,
                         scheme=Scheme())

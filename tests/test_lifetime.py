@@ -1,13 +1,24 @@
-"""Per-network rule tables (the lifetime objective's batch: members x networks, each network
-learning by its own member's rule) are exact: the batch equals each network learned alone."""
+"""The lifetime objective (evolution/lifetime.py): per-network rule tables are exact (members x
+networks in one batch equal each network learned alone); members of a generation share their
+networks, orders and validation examples; lifetime runs resume exactly and equal on 2 actors;
+bad input is one line."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
+
+import numpy as np
 import pytest
 import torch
+from plasticity.data import load_dataset
+from plasticity.evolution.config import EvolutionConfig
+from plasticity.evolution.driver import CHECKPOINT, run_evolution
+from plasticity.evolution.lifetime import LifetimeEvaluator
 from plasticity.learning import RuleLearner
 from plasticity.network import make_networks
 from plasticity.rules import LayerRule, Rule, Scheme
+from test_cli import assert_one_line_error, in_process
 
 
 def _rule(T, out, rnn, mode="additive", scheme=None):
@@ -56,3 +67,93 @@ def test_per_network_tables_of_the_wrong_shape_are_refused(task):
         RuleLearner(nets, rule, 0.01, tables=(torch.zeros(2, 8, 8), torch.zeros(3, 8, 2)))
     with pytest.raises(ValueError, match="RNN tables"):
         RuleLearner(nets, rule, 0.01, tables=(torch.zeros(2, 4, 8), torch.zeros(2, 8, 2)))
+
+
+# --- the lifetime objective ---------------------------------------------------------------
+
+LIFE = dict(objective="lifetime", dataset="relu1", T=3, learn="both", neurons=30, k=15,
+            n_train=700, n_test=200, lifetime_examples=400, lifetime_networks=2, validation=150,
+            population=6, generations=3, strategy="es")
+
+
+@pytest.fixture(scope="module")
+def relu1():
+    return load_dataset("relu1")
+
+
+def life(**kw) -> EvolutionConfig:
+    return EvolutionConfig(**{**LIFE, **kw})
+
+
+def test_members_of_a_generation_share_networks_orders_and_validation(relu1):
+    ev = LifetimeEvaluator(life(), relu1)
+    start = ev.space.initial()
+    g = np.random.default_rng(0)
+    other = start + 0.5 * g.standard_normal(start.shape)
+    both = ev.scores(np.stack([start, other, start]), generation=1)
+    assert both[0].tolist() == both[2].tolist()  # the same rule, the same draws: the same score
+    assert both[0].tolist() != both[1].tolist()  # another rule scores otherwise
+    alone = ev.scores(start[None], generation=1)
+    assert alone[0].tolist() == both[0].tolist()  # a score does not depend on its batch-mates
+    assert torch.equal(ev.networks(1).A, ev.networks(1).A) and torch.equal(ev.orders(1), ev.orders(1))
+    assert not torch.equal(ev.networks(2).A, ev.networks(1).A)  # a new generation: new draws
+    assert not torch.equal(ev.orders(2), ev.orders(1))
+    # validation = the last examples of the training set, never the test set; the lifetimes
+    # learn only from the examples before them
+    assert torch.equal(ev.xv, relu1.x_train[550:700].to(ev.xv))
+    assert int(ev.orders(1).max()) < 550 and ev.orders(1).shape == (2, 400)
+    loss, acc = alone[0]
+    assert 0.0 < acc <= 1.0 and np.isfinite(loss)
+
+
+@pytest.mark.parametrize("strategy", ["es", "cma", "ga", "genetic"])
+def test_lifetime_evolution_resumes_exactly(strategy, relu1, tmp_path):
+    kw = {"genes": 8} if strategy == "genetic" else {}
+    cfg = life(strategy=strategy, **kw)
+    whole = run_evolution(cfg, relu1, out=tmp_path / "a")
+    run_evolution(cfg, relu1, out=tmp_path / "b", stop_after=1)
+    resumed = run_evolution(cfg, relu1, out=tmp_path / "b", resume=True)
+    np.testing.assert_array_equal(whole.final, resumed.final)
+    strip = [{k: v for k, v in h.items() if "seconds" not in k} for h in whole.history]
+    assert strip == [{k: v for k, v in h.items() if "seconds" not in k} for h in resumed.history]
+    ck = json.loads((tmp_path / "b" / CHECKPOINT).read_text())
+    assert ck["state"] == json.loads((tmp_path / "a" / CHECKPOINT).read_text())["state"]
+    h = whole.history[-1]
+    assert h["examples"] == 3 * 7 * 400 * 2  # generations x (members + center) x L x M
+    assert 0.0 < h["accuracy_center"] <= 1.0
+
+
+def test_lifetime_on_two_actors_equals_in_process(ray_local, relu1):
+    from plasticity.evolution.ray_pool import RayPool
+
+    cfg = life(strategy="cma", generations=2)
+    local = run_evolution(cfg, relu1)
+    pool = RayPool(dataclasses.replace(cfg, workers=2), 2, 1.0)
+    try:
+        remote = run_evolution(dataclasses.replace(cfg, workers=2), relu1, pool=pool)
+    finally:
+        pool.close()
+    np.testing.assert_array_equal(local.final, remote.final)
+    strip = lambda hs: [{k: v for k, v in h.items() if "seconds" not in k} for h in hs]  # noqa: E731
+    assert strip(local.history) == strip(remote.history)
+
+
+@pytest.mark.parametrize("sets, needle", [
+    (["lifetime_examples=0"], "lifetime_examples=0"),
+    (["lifetime_networks=0"], "lifetime_networks=0"),
+    (["validation=600"], "validation=600"),
+    (["strategy=nope"], "strategy='nope'"),
+    (["objective=nope"], "objective='nope'"),
+])
+def test_bad_lifetime_input_is_one_line_exit_2(sets, needle, capsys, tmp_path):
+    args = ["evolve", "--preset", "smoke", "--set", "objective=lifetime", "--set", "n_train=600",
+            "--out", str(tmp_path / "x"), "--no-progress"]
+    proc = in_process(capsys, *args, *[a for s in sets for a in ("--set", s)])
+    assert_one_line_error(proc, needle)
+    assert not (tmp_path / "x").exists()
+
+
+def test_a_lifetime_field_without_the_lifetime_objective_is_refused(capsys, tmp_path):
+    proc = in_process(capsys, "evolve", "--preset", "smoke", "--set", "validation=10",
+                      "--out", str(tmp_path / "x"))
+    assert_one_line_error(proc, "validation applies to objective=lifetime")

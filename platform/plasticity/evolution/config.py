@@ -17,6 +17,8 @@ from ..config import MetaConfig, RuleSpaceConfig
 from .strategies import STRATEGIES, check_strategy_fields
 
 SHARING = ("none", "random")
+OBJECTIVES = ("episodes", "lifetime")
+LIFETIME_FIELDS = ("lifetime_examples", "lifetime_networks", "validation")
 
 
 @dataclass(frozen=True)
@@ -41,12 +43,24 @@ class EvolutionConfig(RuleSpaceConfig):
     workers: int = 0  # Ray actors evaluating chunks of the population (0 = in-process, no Ray)
     cpus_per_worker: float = 1.0  # CPUs per actor (also its torch threads, at least 1)
     gpus_per_worker: float = 0.0  # GPUs per actor (> 0: the actor evaluates on CUDA)
+    objective: str = "episodes"  # episodes: the meta-learning loss of E x B-example episodes |
+    #                              lifetime: validation CE after fresh networks learn L examples
+    lifetime_examples: int = 10000  # objective=lifetime: L, examples each network learns
+    lifetime_networks: int = 2  # objective=lifetime: M networks (and orders) per member
+    validation: int = 1000  # objective=lifetime: held-out training examples the score is on
 
     def __post_init__(self):
         super().__post_init__()
         check_choice("strategy", self.strategy, STRATEGIES)
         check_strategy_fields(self)
         check_choice("sharing", self.sharing, SHARING)
+        check_choice("objective", self.objective, OBJECTIVES)
+        check_positive(self, "lifetime_examples", "lifetime_networks", "validation")
+        if self.objective != "lifetime":
+            for f in LIFETIME_FIELDS:
+                if getattr(self, f) != type(self).__dataclass_fields__[f].default:
+                    raise PlasticityError(f"{f} applies to objective=lifetime: set "
+                                          "objective=lifetime or drop it")
         if self.population < 2:
             raise PlasticityError(f"population={self.population} must be >= 2")
         check_positive(self, "generations", "genes", "eps", "theta", "sigma")

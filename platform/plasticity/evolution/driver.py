@@ -22,6 +22,7 @@ from ..config import to_dict
 from ..events import Sink
 from ..files import write_json
 from .evaluate import PopulationEvaluator, RuleSpace, generation_batches
+from .lifetime import evaluator_for, lifetime_split
 from .strategies import make_strategy, method_name
 
 CHECKPOINT = "checkpoint.json"
@@ -50,14 +51,14 @@ class LocalPool:
 
 
 def make_pool(cfg, data, device, address: str | None = None):
-    """LocalPool for ``workers = 0``, else a RayPool (Ray is imported only then)."""
-    meta = cfg.meta_config()
+    """LocalPool for ``workers = 0``, else a RayPool (Ray is imported only then); the evaluator
+    of ``cfg.objective`` (episodes: the meta-learning loss; lifetime: evolution/lifetime.py)."""
     if cfg.workers == 0:
-        return LocalPool(PopulationEvaluator(meta, data, device))
+        return LocalPool(evaluator_for(cfg, data, device))
     from ..data import default_data_root
     from .ray_pool import RayPool
 
-    return RayPool(meta, cfg.workers, cfg.cpus_per_worker, cfg.gpus_per_worker, address=address,
+    return RayPool(cfg, cfg.workers, cfg.cpus_per_worker, cfg.gpus_per_worker, address=address,
                    data_root=str(default_data_root()))
 
 
@@ -112,7 +113,7 @@ def contain(losses: np.ndarray, generation: int) -> np.ndarray:
 
 
 def _record(g, members, losses, center, center_loss, l2, strategy, examples, elapsed,
-            eval_s) -> dict:
+            eval_s, accuracy: np.ndarray | None = None) -> dict:
     """One generation's summary. ``loss_center``: the loss (with the L2 term) of the rule the
     strategy held when the generation was evaluated; ``loss_task``: the same without L2 (what
     meta-learning GD logs as its step loss); ``rule``: the rule after selection."""
@@ -123,6 +124,9 @@ def _record(g, members, losses, center, center_loss, l2, strategy, examples, ela
             "loss_task": float(center_loss - 0.5 * l2 * (center**2).sum()),
             "members": int(members.shape[0]), "examples": int(examples),
             "seconds": float(elapsed), "eval_seconds": float(eval_s), **strategy.stats(),
+            **({} if accuracy is None else {  # lifetime: validation accuracy of the networks
+                "accuracy_center": float(accuracy[-1]), "accuracy_best": float(accuracy[:-1].max()),
+                "accuracy_mean": float(accuracy[:-1].mean())}),
             "rule": strategy.center().tolist()}
 
 
@@ -160,22 +164,27 @@ def run_evolution(cfg, data, *, device="cpu", out: Path | None = None, resume: b
     own_pool = pool is None
     pool = make_pool(cfg, data, device, address) if own_pool else pool
     n_train = cfg.n_train or data.x_train.shape[0]
-    batches = generation_batches(meta, n_train, first)
-    per_member = cfg.episodes * cfg.batch
+    lifetime = getattr(cfg, "objective", "episodes") == "lifetime"
+    if lifetime:
+        lifetime_split(cfg, n_train)  # a validation set larger than the pool: one line, now
+    batches = None if lifetime else generation_batches(meta, n_train, first)
+    per_member = cfg.lifetime_examples * cfg.lifetime_networks if lifetime else cfg.episodes * cfg.batch
     examples = history[-1]["examples"] if history else 0
     elapsed0 = history[-1]["seconds"] if history else 0.0
     t_start = time.perf_counter()
     try:
         for g in range(first, cfg.generations + 1):
-            idx = next(batches).numpy()
+            idx = np.array([g]) if lifetime else next(batches).numpy()
             members, center = strategy.ask(g), strategy.center()
             t0 = time.perf_counter()
-            losses = contain(pool.losses(np.concatenate([members, center[None]]), idx, g), g)
+            scores = np.asarray(pool.losses(np.concatenate([members, center[None]]), idx, g))
+            accuracy = scores[:, 1] if scores.ndim == 2 else None  # lifetime: (loss, accuracy)
+            losses = contain(scores[:, 0] if scores.ndim == 2 else scores, g)
             eval_s = time.perf_counter() - t0
             strategy.tell(g, members, losses[:-1])
             examples += losses.shape[0] * per_member
             rec = _record(g, members, losses[:-1], center, losses[-1], cfg.weight_decay, strategy,
-                          examples, elapsed0 + time.perf_counter() - t_start, eval_s)
+                          examples, elapsed0 + time.perf_counter() - t_start, eval_s, accuracy)
             history.append(rec)
             sink.metrics(_metrics(rec, prefix), step=g)
             if out is not None:

@@ -135,6 +135,62 @@ class ES:
         self.t = int(state["t"])
 
 
+class CMA:
+    """CMA-ES through pycma (``cma.CMAEvolutionStrategy``, the reference implementation): a
+    population of ``population`` members from N(mean, sigma^2 C), the mean, step size and
+    covariance adapted by pycma from the ranked losses (``sigma``: the initial step size).
+
+    Its normal draws come from ``numpy_rng(seed, "evolution", "cma")`` (pycma's ``randn``
+    option), so a run is a pure function of the seed and the losses. The state is JSON without
+    pickle: the start and the losses told so far; ``load_state_dict`` replays them (ask, tell) from the start,
+    which rebuilds pycma's state exactly."""
+
+    name = "cma"
+
+    def __init__(self, cfg, start: np.ndarray):
+        self.cfg, self.start = cfg, np.asarray(start, dtype=np.float64)
+        self._reset()
+
+    def _reset(self) -> None:
+        import cma
+
+        rng = numpy_rng(self.cfg.seed, "evolution", "cma")
+        opts = {"popsize": self.cfg.population, "seed": 1, "verbose": -9, "CMA_diagonal": False,
+                "randn": lambda *shape: rng.standard_normal(shape)}
+        self.es = cma.CMAEvolutionStrategy(self.start.copy(), self.cfg.sigma, opts)
+        self.told: list[list[float]] = []
+        self._pending = None
+
+    def ask(self, generation: int) -> np.ndarray:
+        if self._pending is None:
+            self._pending = np.asarray(self.es.ask(), dtype=np.float64)
+        return self._pending.copy()
+
+    def tell(self, generation: int, members: np.ndarray, losses: np.ndarray) -> None:
+        losses = np.asarray(losses, dtype=np.float64)
+        ok = np.isfinite(losses)  # an exploded member ranks last (CMA uses only the ranks)
+        worst = losses[ok].max() + 1.0 if ok.any() else 1.0
+        values = np.where(ok, losses, worst)
+        self.es.tell(list(self.ask(generation)), values.tolist())
+        self.told.append(values.tolist())
+        self._pending = None
+
+    def center(self) -> np.ndarray:
+        return np.asarray(self.es.mean, dtype=np.float64).copy()
+
+    def stats(self) -> dict[str, float]:
+        return {"rule_norm": float(np.linalg.norm(self.es.mean)), "cma_sigma": float(self.es.sigma)}
+
+    def state_dict(self) -> dict:
+        return {"start": self.start.tolist(), "told": self.told}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.start = np.asarray(state["start"], dtype=np.float64)
+        self._reset()
+        for values in state["told"]:
+            self.tell(0, self.ask(0), np.asarray(values, dtype=np.float64))
+
+
 @dataclass(frozen=True)
 class StrategySpec:
     """One evolution strategy of ``EvolutionConfig.strategy``.
@@ -169,6 +225,7 @@ STRATEGIES: dict[str, StrategySpec] = {
     "ga": StrategySpec(GA, ("sigma", "truncation", "elites"),
                        "truncation GA with Gaussian mutation and elitism"),
     "es": StrategySpec(ES, ("sigma",), "antithetic evolution strategy with centred ranks and Adam"),
+    "cma": StrategySpec(CMA, ("sigma",), "CMA-ES by pycma (the reference implementation)"),
 }
 
 
