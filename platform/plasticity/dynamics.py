@@ -60,3 +60,12 @@ def recurrence_diagnostics(nets: Networks, W: torch.Tensor, x: torch.Tensor,
     out["W_mean"] = w_mean.double().tolist()
     out["W_std"] = w_var.sqrt().double().tolist()
     return out
+
+
+def trained_diagnostics(cfg, data, W: torch.Tensor, device, examples: int = 1000) -> dict:
+    """:func:`recurrence_diagnostics` of the networks a ``run_train(cfg, ...)`` trained (the same
+    draw: ``run_networks(cfg, ...)``) with their final W, on the first ``examples`` test examples."""
+    from .experiment import run_networks, run_tensors
+
+    nets = run_networks(cfg, data, cfg.networks, device)
+    return recurrence_diagnostics(nets, W, run_tensors(cfg, data, device)[2][:examples])

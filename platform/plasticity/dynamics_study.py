@@ -76,8 +76,7 @@ def _meta(sc, combo: dict, seed: int, T: int, device, progress):
 
 
 def _large(sc, combo: dict, rule, data, T: int, device, progress) -> dict:
-    from .dynamics import recurrence_diagnostics
-    from .experiment import run_networks, run_tensors
+    from .dynamics import trained_diagnostics
     from .transfer import run_train
 
     cfg = TrainConfig(seed=sc.seed, dataset=data.name, neurons=sc.large, k=max(1, sc.large // 2),
@@ -87,9 +86,7 @@ def _large(sc, combo: dict, rule, data, T: int, device, progress) -> dict:
     res = run_train(cfg, rule, device=device, data=data, progress=progress)
     cell = {"accuracy": (res.test_accuracy * 100).tolist(), "updates": res.updates.tolist()}
     if T > 1:
-        nets = run_networks(cfg, data, cfg.networks, device)  # the same networks (key, seed)
-        x_te = run_tensors(cfg, data, device)[2]
-        cell["diagnostics"] = recurrence_diagnostics(nets, res.W, x_te[:1000])
+        cell["diagnostics"] = trained_diagnostics(cfg, data, res.W, device)
     return cell
 
 

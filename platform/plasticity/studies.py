@@ -146,6 +146,7 @@ def learn_fig3_rules(sc: StudyConfig, device, progress) -> dict:
 def study_fig3(sc: StudyConfig, device, out: Path, progress: bool) -> dict:
     """Fig. 3: learned rules frozen, then training small/large x T=1/T=3 nets on six data sets."""
     from .data import load_dataset
+    from .dynamics import trained_diagnostics
     from .transfer import run_train
 
     t0 = time.time()
@@ -159,22 +160,27 @@ def study_fig3(sc: StudyConfig, device, out: Path, progress: bool) -> dict:
         datas = [load_dataset(dataset, data_seed=t) for t in tasks]
         for (size, T), paper in zip(FIG3_NETS, PAPER_FIG3[dataset]):
             neurons = sc.small if size == "small" else sc.large
-            per_task = []
+            per_task, diag = [], None
             for t, data in zip(tasks, datas):
                 cfg = train_config(sc, dataset, neurons, T, data_seed=t)
                 res = run_train(cfg, learned[T].rule, device=device, data=data,
                                 progress=progress)
                 per_task.append(res.test_accuracy * 100)
+                if T > 1 and diag is None:  # the first task's networks, every T >= 2 cell
+                    diag = trained_diagnostics(cfg, data, res.W, device)
             acc = np.concatenate(per_task)
             key = f"{dataset}/{size}/T={T}"
             cells[key] = {"mean": float(acc.mean()), "std": float(acc.std()),
                           "runs": acc.tolist(), "paper": paper, "neurons": neurons,
                           "task_means": [float(a.mean()) for a in per_task]}
+            if diag is not None:
+                cells[key]["diagnostics"] = diag
             _log(f"{key}: {acc.mean():.1f} ± {acc.std():.1f} (paper {paper}); per task "
                  f"{[round(float(a.mean()), 1) for a in per_task]}", t0)
     return {"study": "fig3", "cells": cells, "seconds": time.time() - t0,
             "rules": {f"T={T}": r.rule.output.table().tolist() for T, r in learned.items()},
-            "meta_final_loss": {f"T={T}": r.history[-1]["loss"] for T, r in learned.items()}}
+            "meta_final_loss": {f"T={T}": r.history[-1]["loss"] for T, r in learned.items()},
+            "meta_collapsed_starts": {f"T={T}": r.collapsed_starts for T, r in learned.items()}}
 
 
 def report_fig3(result: dict) -> str:
@@ -187,6 +193,24 @@ def report_fig3(result: dict) -> str:
             c = result["cells"].get(f"{d}/{s}/T={T}")
             row.append("-" if c is None else f"{c['mean']:.1f} ± {c['std']:.1f} ({c['paper']})")
         lines.append(f"| {d} | " + " | ".join(row) + " |")
+    diag = [(k, c["diagnostics"]) for k, c in result["cells"].items() if "diagnostics" in c]
+    if diag:
+        mean = lambda v: float(np.mean(v))  # noqa: E731 - over the cell's networks
+        lines += ["", "Recurrence diagnostics of the T=3 cells (first task's networks, 1,000 test "
+                  "examples; docs/dynamics.md): h_T != h_1, silent rounds 2..T, active fraction "
+                  "by round, W mean / std on edges, ||W h|| / ||A x||.", "",
+                  "| cell | h_T differs | silent | active by round | W mean | W std | Wh/Ax |",
+                  "|---|---|---|---|---|---|---|"]
+        for k, d in diag:
+            rounds = np.mean(np.asarray(d["active_by_round"]), 0)
+            lines.append(f"| {k} | {mean(d['h_T_differs']):.2f} | {mean(d['silent_rounds']):.2f} | "
+                         + " / ".join(f"{r:.2f}" for r in rounds)
+                         + f" | {mean(d['W_mean']):+.3f} | {mean(d['W_std']):.3f} | "
+                         f"{mean(d['Wh_vs_Ax']):.2f} |")
+    starts = result.get("meta_collapsed_starts", {})
+    if any(starts.values()):
+        lines += ["", "Meta-learning starts abandoned as collapsed (restarts): "
+                  + ", ".join(f"{T}: {len(v)}" for T, v in starts.items())]
     return ("Test accuracy %, mean ± std over all runs: networks/example orders, and for the "
             "synthetic sets also tasks (data_seed); the paper's value in parentheses.\n\n"
             + "\n".join(lines) + "\n")
