@@ -87,6 +87,12 @@ SPACES: dict[str, Space] = {
          "seed": tune.randint(0, 10_000)},
         metric="compare/evolution_test_accuracy_mean", mode="max",
         help="evolution (allele model, GA, ES) vs GD on the same rules, same inner loop", gpus=1.0),
+    "lifetime_rules": Space(
+        "evolve", "lifetime",
+        {"strategy": tune.grid_search(list(STRATEGIES)), "seed": tune.randint(0, 10_000)},
+        metric="evolution/accuracy_center", mode="max",
+        help="T=3 rules evolved on the lifetime objective (ReLU1, |V|=400, L=10,000) by every "
+             "strategy; --preset lifetime-smoke for seconds", gpus=1.0),
 }
 
 

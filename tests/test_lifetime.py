@@ -157,3 +157,31 @@ def test_a_lifetime_field_without_the_lifetime_objective_is_refused(capsys, tmp_
     proc = in_process(capsys, "evolve", "--preset", "smoke", "--set", "validation=10",
                       "--out", str(tmp_path / "x"))
     assert_one_line_error(proc, "validation applies to objective=lifetime")
+
+
+def test_compare_lifetime_runs_every_outer_loop_at_equal_examples_on_one_chart(capsys, tmp_path):
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    proc = in_process(capsys, "compare", "--preset", "lifetime-smoke", "--out", str(tmp_path / "c"),
+                      "--no-progress", "--tracking-uri", uri, "--json")
+    assert proc.returncode == 0, proc.stderr
+    res = json.loads(proc.stdout)
+    methods = res["runs"][0]["methods"]
+    assert list(methods) == ["es", "cma", "ga", "gd"]
+    budget = {m["examples"] for n, m in methods.items() if n != "gd"}
+    assert len(budget) == 1 and methods["gd"]["examples"] == budget.pop()  # equal inner loops
+    for m in methods.values():
+        assert m["curve"][0]["examples"] == 0 and len(m["curve"]) >= 3
+        assert 0 < m["test_accuracy"] <= 1 and 0 <= m["diagnostics"]["h_T_differs"] <= 1
+    # the start is the same rule for every method: one first point
+    assert len({m["curve"][0]["accuracy"] for m in methods.values()}) == 1
+    assert (tmp_path / "c" / "curves_seed0.png").stat().st_size > 10_000
+    client = MlflowClient(uri)
+    run = client.search_runs([client.get_experiment_by_name("plasticity").experiment_id])[0]
+    keys = set(run.data.metrics)
+    for n in methods:  # one validation-accuracy metric per method, the same name pattern
+        assert f"compare/seed0/{n}/validation_accuracy" in keys
+        assert f"compare/seed0/{n}/diag/h_T_differs" in keys
+    arts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert "curves_seed0.png" in arts

@@ -156,6 +156,11 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         print("plasticity: interrupted", file=sys.stderr)
         code = 130
+    except BrokenPipeError:  # stdout closed early (`plasticity config train | head`): no traceback
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = 1
     sys.exit(code)
 
 

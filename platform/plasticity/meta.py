@@ -169,7 +169,7 @@ def _trainable(params: dict, device) -> dict:
 
 
 def meta_train(cfg: MetaConfig, data, *, device="cpu", fixed_rnn: LayerRule | None = None,
-               progress: bool = False, on_step=None) -> MetaResult:
+               progress: bool = False, on_step=None, on_rule=None) -> MetaResult:
     """Meta-learn the rule of ``cfg`` on ``data`` (a plasticity.data.Dataset) by Adam.
 
     ``on_step(record)`` is called after every step (for trackers); evaluation records carry the
@@ -177,7 +177,8 @@ def meta_train(cfg: MetaConfig, data, *, device="cpu", fixed_rnn: LayerRule | No
     With ``cfg.restarts`` > 0 a start whose rule has collapsed after ``cfg.restart_after`` steps
     (see :func:`_meta_start`) is abandoned for a new random start, at most ``restarts`` times;
     the result is the last start's, with the abandoned ones in ``collapsed_starts``. Steps given
-    to ``on_step`` count on across starts."""
+    to ``on_step`` count on across starts. ``on_rule(step, rule)``, if given, receives a frozen
+    snapshot of the rule after every ``eval_every``-th step (curves of another objective)."""
     collapsed: list[dict] = []
     majority = class_majority(cfg, data)
     for attempt in range(cfg.restarts + 1):
@@ -189,7 +190,7 @@ def meta_train(cfg: MetaConfig, data, *, device="cpu", fixed_rnn: LayerRule | No
                 on_step({**record, "step": record["step"] + offset, "start": start})
 
         res = _meta_start(cfg, data, device, fixed_rnn, progress, report, attempt,
-                          None if last else (cfg.restart_after, majority))
+                          None if last else (cfg.restart_after, majority), on_rule)
         if res is not None:
             res.collapsed_starts = collapsed
             return res
@@ -204,7 +205,7 @@ def class_majority(cfg: MetaConfig, data) -> float:
 
 
 def _meta_start(cfg: MetaConfig, data, device, fixed_rnn, progress, on_step, attempt: int,
-                check: tuple[int, float] | None) -> MetaResult | None:
+                check: tuple[int, float] | None, on_rule=None) -> MetaResult | None:
     """One start of meta-learning; None when ``check = (step, majority)`` finds it collapsed
     (a fresh network trained by the rule at that step is within 1 point of the majority)."""
     dtype = getattr(torch, cfg.dtype)
@@ -239,6 +240,8 @@ def _meta_start(cfg: MetaConfig, data, device, fixed_rnn, progress, on_step, att
             result.skipped += 1
         record = {"step": step, "loss": float(loss.detach()), "skipped": result.skipped}
         checking = check is not None and step == check[0]
+        if on_rule is not None and (step % cfg.eval_every == 0 or step == cfg.steps):
+            on_rule(step, params.rule(provenance))
         if step % cfg.eval_every == 0 or step == cfg.steps or checking:
             rule = params.rule(provenance)
             record["accuracy"] = evaluate_rule(cfg, rule, data, device, n_train=cfg.eval_train,

@@ -15,7 +15,7 @@ from ..events import Sink
 from ..evolution.config import CompareConfig
 from ..files import write_json
 from .base import Command, check_cluster, cluster_flags
-from .evolve import SMOKE, load_data, rule_accuracy, rule_summary
+from .evolve import LIFETIME, LIFETIME_SMOKE, SMOKE, load_data, rule_accuracy, rule_summary
 
 
 def _gd_run(cfg: CompareConfig, data, device, steps: int):
@@ -119,6 +119,10 @@ def compare_handler(cfg: CompareConfig, ctx) -> dict:
 
     out, device, sink = Path(ctx.out), ctx.device, ctx.sink
     check_cluster(ctx.address)
+    if cfg.objective == "lifetime":  # every outer loop on the lifetime objective
+        from .compare_lifetime import compare_lifetime
+
+        return compare_lifetime(cfg, ctx)
     seeds = [dataclasses.replace(cfg, seed=cfg.seed + s) for s in range(cfg.seeds)]
     if ctx.resume:  # nothing to resume, or other settings: one line before anything runs
         found = [c for c in seeds if (out / f"seed{c.seed}" / CHECKPOINT).is_file()]
@@ -152,6 +156,10 @@ def compare_handler(cfg: CompareConfig, ctx) -> dict:
 
 PRESETS = {
     "smoke": {**SMOKE, "eval_train": 300, "eval_examples": 300, "eval_networks": 1},
+    "lifetime-smoke": {**LIFETIME_SMOKE, "strategies": "es,cma,ga", "eval_train": 300,
+                       "eval_examples": 300, "eval_networks": 1, "curve_points": 4},
+    "lifetime": {**LIFETIME, "strategies": "es,cma,ga,genetic", "eval_neurons": 1000,
+                 "eval_train": 9000, "eval_examples": 10000, "eval_networks": 2, "seeds": 3},
     "quick": {"strategy": "genetic", "infinite": True, "generations": 60, "batch": 50,
               "seeds": 3},
     "paper": {"generations": 200, "seeds": 5, "eval_train": 10000, "eval_examples": 10000},

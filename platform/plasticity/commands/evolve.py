@@ -75,8 +75,19 @@ def evolve_handler(cfg: EvolutionConfig, ctx) -> dict:
 
 SMOKE = {"n_train": 600, "n_test": 500, "neurons": 40, "k": 20, "episodes": 2, "batch": 20,
          "population": 8, "generations": 3}  # no strategy's own field: --set strategy=ga works
+# The lifetime objective (evolution/lifetime.py): T=3 RNN + output rules judged by fresh networks
+# after a whole lifetime. "lifetime-smoke": seconds; "lifetime": ReLU1, |V| = 400, L = 10,000.
+LIFETIME_SMOKE = {"objective": "lifetime", "dataset": "relu1", "T": 3, "learn": "both",
+                  "neurons": 40, "k": 20, "n_train": 700, "n_test": 300, "lifetime_examples": 300,
+                  "lifetime_networks": 2, "validation": 100, "population": 8, "generations": 3,
+                  "episodes": 2, "batch": 20}
+LIFETIME = {"objective": "lifetime", "dataset": "relu1", "T": 3, "learn": "both", "neurons": 400,
+            "k": 200, "lifetime_examples": 10000, "lifetime_networks": 2, "validation": 1000,
+            "population": 16, "generations": 20, "episodes": 4, "batch": 100}
 PRESETS = {
     "smoke": SMOKE,
+    "lifetime-smoke": LIFETIME_SMOKE,
+    "lifetime": LIFETIME,
     "quick": {"population": 64, "generations": 40, "batch": 50},
     "paper": {"population": 256, "generations": 200, "genes": 50, "eps": 0.1, "dtype": "float64"},
 }

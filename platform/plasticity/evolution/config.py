@@ -9,6 +9,7 @@ batch g), plus ``weight_decay / 2 * ||rule||^2`` (Adam's L2 term, so both minimi
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from .. import PlasticityError
@@ -92,11 +93,25 @@ class CompareConfig(EvolutionConfig):
     eval_train: int = 2000  # training examples of the final-rule evaluation (fresh networks)
     eval_examples: int = 2000  # test examples of that evaluation
     eval_networks: int = 3  # fresh networks in that evaluation
+    eval_neurons: int = 0  # |V| of those networks (k = |V| / 2; 0 = the run's neurons and k)
+    strategies: str = ""  # objective=lifetime: the outer loops run beside GD, comma-separated
+    #                       (STRATEGIES names; '' = strategy alone)
+    curve_points: int = 8  # objective=lifetime: validation-accuracy points per method's curve
 
     def __post_init__(self):
         super().__post_init__()
-        check_positive(self, "seeds", "eval_train", "eval_examples", "eval_networks")
-        check_positive(self, "gd_steps", allow_zero=True)
+        check_positive(self, "seeds", "eval_train", "eval_examples", "eval_networks", "curve_points")
+        check_positive(self, "gd_steps", "eval_neurons", allow_zero=True)
+        for name in self.strategy_list if self.strategies else ():
+            check_choice("strategies", name, STRATEGIES)
+            dataclasses.replace(self, strategy=name, strategies="")  # its fields must fit it
+        if self.strategies and self.objective != "lifetime":
+            raise PlasticityError("strategies applies to objective=lifetime: set "
+                                  "objective=lifetime, or one strategy= per compare run")
+
+    @property
+    def strategy_list(self) -> list[str]:
+        return [s.strip() for s in self.strategies.split(",") if s.strip()] or [self.strategy]
 
 
 @dataclass(frozen=True)

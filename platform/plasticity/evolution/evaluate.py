@@ -63,6 +63,13 @@ class RuleSpace:
         rnn = coeffs[:, self.n_out:].reshape(n, *self.rnn_shape) if self.n_rnn else None
         return rnn, out
 
+    def coeffs(self, rule: Rule) -> np.ndarray:
+        """The inverse of :meth:`rule`: c [P] of a rule of this space (e.g. GD's snapshots)."""
+        parts = [] if self.n_out == 0 else [rule.output.table().reshape(-1)]
+        if self.n_rnn:
+            parts.append(rule.rnn.table().reshape(-1))
+        return torch.cat(parts).to(torch.float64).numpy()
+
     def rule(self, coeffs, provenance: dict) -> Rule:
         """A frozen rule from c [P]."""
         c = torch.as_tensor(np.asarray(coeffs, dtype=np.float64)).unsqueeze(0)
