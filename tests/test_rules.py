@@ -138,14 +138,15 @@ def test_every_parametrization_keeps_the_protocol(name, tmp_path):
 
 
 def test_shipped_rule_files_load_as_their_parametrization():
-    """The rule files of the repository (bench/rules, results/) still load, each through its
-    registry entry, to the table stored next to its params."""
+    """The rule files of the repository (the shipped rules/data, results/) still load, each
+    through its registry entry, to the table stored next to its params."""
     import subprocess
 
     files = [f for f in subprocess.run(["git", "ls-files", "*.json"], capture_output=True,
                                        text=True, check=True).stdout.split()
              if '"plasticity-rule"' in open(f).read()]
-    assert "bench/rules/fig3_T1.json" in files and "bench/rules/fig3_T3.json" in files
+    shipped = "platform/plasticity/rules/data"
+    assert {f"{shipped}/fig3_T1.json", f"{shipped}/fig3_T3.json"} <= set(files)
     for f in files:
         rule, d = load_rule(f), json.loads(open(f).read())
         for layer in ("output", "rnn"):
