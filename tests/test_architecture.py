@@ -161,6 +161,9 @@ def test_config_prints_the_resolved_config_and_set_round_trips(capsys) -> None:
     assert run(["config", "meta-train", "--dynamics", "reference"]) == 0
     meta = json.loads(capsys.readouterr().out)
     assert (meta["recurrence"], meta["firing"], meta["meta_loss"]) == ("code", "topk", "softmax")
+    assert run(["config", "compare", "--dynamics", "reference"]) == 0  # GD of compare: its loss too
+    cmp = json.loads(capsys.readouterr().out)
+    assert (cmp["recurrence"], cmp["firing"], cmp["meta_loss"]) == ("code", "topk", "softmax")
 
 
 def test_the_worked_example_command_of_the_docs_runs(monkeypatch, tmp_path, capsys) -> None:

@@ -23,7 +23,7 @@ def _gd_run(cfg: CompareConfig, data, device, steps: int):
     from ..meta import meta_train
 
     meta = cfg.meta_config(steps=steps, eval_every=steps, eval_train=cfg.eval_train,
-                           eval_examples=cfg.eval_examples)
+                           eval_examples=cfg.eval_examples, meta_loss=cfg.meta_loss)
     per_step = cfg.episodes * cfg.batch
     curve, t0 = [], time.perf_counter()
 

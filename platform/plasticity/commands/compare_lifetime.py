@@ -87,6 +87,7 @@ def lifetime_seed(cfg, data, device, sink, out: Path, address=None, resume=False
     steps = cfg.gd_steps or max(1, round(budget / per_step))
     pool, _ = lifetime_split(cfg, data.x_train.shape[0])
     meta = cfg.meta_config(steps=steps, horizon=cfg.lifetime_examples, n_train=pool,
+                           meta_loss=cfg.meta_loss,
                            eval_every=max(1, steps // cfg.curve_points),
                            eval_train=min(cfg.eval_train, pool), eval_examples=cfg.eval_examples)
     snaps: list[tuple[int, object]] = []

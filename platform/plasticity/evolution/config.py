@@ -89,6 +89,8 @@ class CompareConfig(EvolutionConfig):
     """Evolution against meta-learning GD on the same task, rule space, start and data."""
 
     gd_steps: int = 0  # GD steps (0 = as many inner-loop examples as the evolution run used)
+    meta_loss: str = "logits"  # GD's loss: logits (CE on logits) | softmax (CE on the softmax
+    #                            outputs, the authors' code; --dynamics reference sets it)
     seeds: int = 1  # runs with seeds seed .. seed + seeds - 1
     eval_train: int = 2000  # training examples of the final-rule evaluation (fresh networks)
     eval_examples: int = 2000  # test examples of that evaluation
@@ -102,6 +104,7 @@ class CompareConfig(EvolutionConfig):
         super().__post_init__()
         check_positive(self, "seeds", "eval_train", "eval_examples", "eval_networks", "curve_points")
         check_positive(self, "gd_steps", "eval_neurons", allow_zero=True)
+        check_choice("meta_loss", self.meta_loss, ("logits", "softmax"))
         for name in self.strategy_list if self.strategies else ():
             check_choice("strategies", name, STRATEGIES)
             dataclasses.replace(self, strategy=name, strategies="")  # its fields must fit it
