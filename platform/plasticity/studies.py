@@ -193,20 +193,7 @@ def report_fig3(result: dict) -> str:
             c = result["cells"].get(f"{d}/{s}/T={T}")
             row.append("-" if c is None else f"{c['mean']:.1f} ± {c['std']:.1f} ({c['paper']})")
         lines.append(f"| {d} | " + " | ".join(row) + " |")
-    diag = [(k, c["diagnostics"]) for k, c in result["cells"].items() if "diagnostics" in c]
-    if diag:
-        mean = lambda v: float(np.mean(v))  # noqa: E731 - over the cell's networks
-        lines += ["", "Recurrence diagnostics of the T=3 cells (first task's networks, 1,000 test "
-                  "examples; docs/dynamics.md): h_T != h_1, silent rounds 2..T, active fraction "
-                  "by round, W mean / std on edges, ||W h|| / ||A x||.", "",
-                  "| cell | h_T differs | silent | active by round | W mean | W std | Wh/Ax |",
-                  "|---|---|---|---|---|---|---|"]
-        for k, d in diag:
-            rounds = np.mean(np.asarray(d["active_by_round"]), 0)
-            lines.append(f"| {k} | {mean(d['h_T_differs']):.2f} | {mean(d['silent_rounds']):.2f} | "
-                         + " / ".join(f"{r:.2f}" for r in rounds)
-                         + f" | {mean(d['W_mean']):+.3f} | {mean(d['W_std']):.3f} | "
-                         f"{mean(d['Wh_vs_Ax']):.2f} |")
+    lines += diagnostics_table(result["cells"])
     starts = result.get("meta_collapsed_starts", {})
     if any(starts.values()):
         lines += ["", "Meta-learning starts abandoned as collapsed (restarts): "
@@ -216,11 +203,32 @@ def report_fig3(result: dict) -> str:
             + "\n".join(lines) + "\n")
 
 
+def diagnostics_table(cells: dict) -> list[str]:
+    """Markdown lines: the recurrence diagnostics of every cell that has them (T >= 2)."""
+    diag = [(k, c["diagnostics"]) for k, c in cells.items() if "diagnostics" in c]
+    if not diag:
+        return []
+    mean = lambda v: float(np.mean(v))  # noqa: E731 - over the cell's networks
+    lines = ["", "Recurrence diagnostics of the T=3 cells (the first task's networks, 1,000 test "
+             "examples; docs/dynamics.md): h_T != h_1, silent rounds 2..T, active fraction by "
+             "round, W mean / std on edges, ||W h|| / ||A x||.", "",
+             "| cell | h_T differs | silent | active by round | W mean | W std | Wh/Ax |",
+             "|---|---|---|---|---|---|---|"]
+    for k, d in diag:
+        rounds = np.mean(np.asarray(d["active_by_round"]), 0)
+        lines.append(f"| {k} | {mean(d['h_T_differs']):.2f} | {mean(d['silent_rounds']):.2f} | "
+                     + " / ".join(f"{r:.2f}" for r in rounds)
+                     + f" | {mean(d['W_mean']):+.3f} | {mean(d['W_std']):.3f} | "
+                     f"{mean(d['Wh_vs_Ax']):.2f} |")
+    return lines
+
+
 def study_table2(sc: StudyConfig, device, out: Path, progress: bool) -> dict:
     """Table 2 clean accuracy: |V|=1000, k=500, 2 passes; T=3 with an RNN rule (an MLP,
     hidden 20) meta-learned on a |V|=200 net with the perceptron output rule fixed; T=1 with the
     perceptron rule, input weights N(0,1) and all ones (the starred row)."""
     from .data import load_dataset
+    from .dynamics import trained_diagnostics
     from .meta import meta_train
     from .rules import Rule
     from .rules.classic import perceptron
@@ -241,10 +249,13 @@ def study_table2(sc: StudyConfig, device, out: Path, progress: bool) -> dict:
         data = mnist if dataset == "mnist" else load_dataset(dataset)
         for name, (rule, T, inputs) in rows.items():
             tc = train_config(sc, dataset, sc.large, T, passes=2, input_weights=inputs)
-            acc = run_train(tc, rule, device=device, data=data, progress=progress).test_accuracy
-            acc = acc * 100
+            res = run_train(tc, rule, device=device, data=data, progress=progress)
+            acc = res.test_accuracy * 100
             cells[f"{dataset}/{name}"] = {"mean": float(acc.mean()), "std": float(acc.std()),
                                           "runs": acc.tolist(), "paper": PAPER_TABLE2[name][col]}
+            if T > 1:
+                cells[f"{dataset}/{name}"]["diagnostics"] = trained_diagnostics(tc, data, res.W,
+                                                                                device)
             _log(f"{dataset}/{name}: {acc.mean():.1f} ± {acc.std():.1f}", t0)
     return {"study": "table2", "cells": cells, "seconds": time.time() - t0}
 
@@ -257,6 +268,7 @@ def report_table2(result: dict) -> str:
             c = result["cells"][f"{d}/{name}"]
             row.append(f"{c['mean']:.1f} ± {c['std']:.1f} ({c['paper']})")
         lines.append(f"| {name} | " + " | ".join(row) + " |")
+    lines += diagnostics_table(result["cells"])
     return ("Clean test accuracy %, |V|=1000, k=500, 2 passes, mean ± std (paper in "
             "parentheses).\n\n" + "\n".join(lines) + "\n")
 
