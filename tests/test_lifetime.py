@@ -178,10 +178,19 @@ def test_compare_lifetime_runs_every_outer_loop_at_equal_examples_on_one_chart(c
     assert len({m["curve"][0]["accuracy"] for m in methods.values()}) == 1
     assert (tmp_path / "c" / "curves_seed0.png").stat().st_size > 10_000
     client = MlflowClient(uri)
-    run = client.search_runs([client.get_experiment_by_name("plasticity").experiment_id])[0]
-    keys = set(run.data.metrics)
+    runs = client.search_runs([client.get_experiment_by_name("plasticity").experiment_id])
+    keys = set(next(r for r in runs if "mlflow.parentRunId" not in r.data.tags).data.metrics)
     for n in methods:  # one validation-accuracy metric per method, the same name pattern
         assert f"compare/seed0/{n}/validation_accuracy" in keys
         assert f"compare/seed0/{n}/diag/h_T_differs" in keys
-    arts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    runs = client.search_runs([client.get_experiment_by_name("plasticity").experiment_id])
+    parent = next(r for r in runs if "mlflow.parentRunId" not in r.data.tags)
+    arts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert "curves_seed0.png" in arts
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert res["method_runs"] == len(children) == 4  # one child run per method, same names:
+    for child in children:  # the UI overlays them on one chart
+        assert {"validation_accuracy", "test_accuracy", "diag/h_T_differs"} <= set(child.data.metrics)
+        curve = client.get_metric_history(child.info.run_id, "validation_accuracy")
+        assert [m.step for m in curve] == [p["examples"] for p in
+                                           methods[child.data.tags["compare.method"]]["curve"]]

@@ -167,6 +167,45 @@ def report(cfg, runs: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def method_runs(ctx, runs: list[dict]) -> int:
+    """One MLflow child run per (seed, method) under the compare run, every one with the SAME
+    metric names (``validation_accuracy`` / ``validation_loss`` against inner-loop examples,
+    ``test_accuracy``, ``diag/*``), so the UI overlays the methods on one chart when the child
+    runs are selected together. A tracking failure is one warning, never the command's end.
+    Returns the number of child runs made."""
+    import sys
+
+    from ..tracking import open_store
+
+    parent = next((s for s in getattr(ctx.sink, "sinks", []) if hasattr(s, "inner")), None)
+    if ctx.tracking is None or parent is None or parent.failed is not None:
+        return 0
+    made = 0
+    try:
+        parent_id = parent.inner.start()
+        store = open_store(ctx.tracking)
+        for r in runs:
+            for name, m in r["methods"].items():
+                child = store.sink(f"{name} seed{r['seed']}", parent_run_id=parent_id,
+                                   tags={"plasticity.command": "compare", "compare.method": name,
+                                         "compare.seed": str(r["seed"])}, register=False)
+                child.params({"method": m["method"], "seed": r["seed"],
+                              "inner_loop_examples": m["examples"]})
+                child.start()
+                for point in m["curve"]:
+                    child.metrics({"validation_accuracy": point["accuracy"],
+                                   "validation_loss": point["loss"]}, step=point["examples"])
+                child.metrics({"test_accuracy": m["test_accuracy"],
+                               **{f"diag/{k}": v for k, v in m.get("diagnostics", {}).items()}})
+                child.close("FINISHED")
+                made += 1
+    except Exception as exc:  # noqa: BLE001 - tracking never costs the command its results
+        print(f"plasticity: warning: the per-method child runs were not all logged "
+              f"({str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__})",
+              file=sys.stderr)
+    return made
+
+
 def compare_lifetime(cfg, ctx) -> dict:
     from ..rules.io import save_rule
 
@@ -195,6 +234,7 @@ def compare_lifetime(cfg, ctx) -> dict:
                for n in runs[0]["methods"]}
     sink.metrics({f"compare/{k}": v for k, v in summary.items()})
     result = {"command": "compare", "objective": "lifetime", "config": to_dict(cfg), **summary,
-              "runs": runs, "report": str(out / "report.md"), "seconds": time.time() - t0}
+              "runs": runs, "report": str(out / "report.md"), "seconds": time.time() - t0,
+              "method_runs": method_runs(ctx, runs)}
     write_json(out / "result.json", result)
     return result
