@@ -102,8 +102,10 @@ def test_members_of_a_generation_share_networks_orders_and_validation(relu1):
     # learn only from the examples before them
     assert torch.equal(ev.xv, relu1.x_train[550:700].to(ev.xv))
     assert int(ev.orders(1).max()) < 550 and ev.orders(1).shape == (2, 400)
-    loss, acc = alone[0]
-    assert 0.0 < acc <= 1.0 and np.isfinite(loss)
+    loss, acc, ce = alone[0]
+    assert 0.0 < acc <= 1.0 and loss == 1.0 - acc and np.isfinite(ce) and ce > 0  # error: default
+    ce_ev = LifetimeEvaluator(life(lifetime_loss="ce"), relu1)
+    assert ce_ev.scores(start[None], generation=1)[0].tolist() == [ce, acc, ce]
 
 
 @pytest.mark.parametrize("strategy", ["es", "cma", "ga", "genetic"])
@@ -144,6 +146,7 @@ def test_lifetime_on_two_actors_equals_in_process(ray_local, relu1):
     (["validation=600"], "validation=600"),
     (["strategy=nope"], "strategy='nope'"),
     (["objective=nope"], "objective='nope'"),
+    (["lifetime_loss=mse"], "lifetime_loss='mse'"),
 ])
 def test_bad_lifetime_input_is_one_line_exit_2(sets, needle, capsys, tmp_path):
     args = ["evolve", "--preset", "smoke", "--set", "objective=lifetime", "--set", "n_train=600",

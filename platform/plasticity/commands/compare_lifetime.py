@@ -79,8 +79,8 @@ def lifetime_seed(cfg, data, device, sink, out: Path, address=None, resume=False
         methods[name] = {"method": run.rule.provenance["method"], "generations": len(run.history),
                          "examples": run.history[-1]["examples"], "seconds": seconds,
                          "final_loss": run.history[-1]["loss_task"],
-                         "curve": [{"examples": int(e), "loss": float(s[0]), "accuracy": float(s[1])}
-                                   for e, s in zip(examples, scores)]}
+                         "curve": [{"examples": int(e), "loss": float(s[0]), "accuracy": float(s[1]),
+                                    "ce": float(s[2])} for e, s in zip(examples, scores)]}
         rules[name] = run.rule
     budget = max(m["examples"] for m in methods.values())
     per_step = cfg.episodes * cfg.batch
@@ -103,7 +103,8 @@ def lifetime_seed(cfg, data, device, sink, out: Path, address=None, resume=False
                      "seconds": gd_seconds, "final_loss": losses[-1]["loss"],
                      "skipped_steps": res.skipped, "collapsed_starts": res.collapsed_starts,
                      "curve": [{"examples": int(s * per_step), "loss": float(v[0]),
-                                "accuracy": float(v[1])} for s, v in zip(steps_at, scores)]}
+                                "accuracy": float(v[1]), "ce": float(v[2])}
+                               for s, v in zip(steps_at, scores)]}
     rules["gd"] = gd_rule
     if resume:
         sink.rewind(0, (), prefix=f"{prefix}/gd/")

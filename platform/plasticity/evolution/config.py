@@ -19,7 +19,8 @@ from .strategies import STRATEGIES, check_strategy_fields
 
 SHARING = ("none", "random")
 OBJECTIVES = ("episodes", "lifetime")
-LIFETIME_FIELDS = ("lifetime_examples", "lifetime_networks", "validation")
+LIFETIME_FIELDS = ("lifetime_examples", "lifetime_networks", "validation", "lifetime_loss")
+LIFETIME_LOSSES = ("error", "ce")
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,8 @@ class EvolutionConfig(RuleSpaceConfig):
     lifetime_examples: int = 10000  # objective=lifetime: L, examples each network learns
     lifetime_networks: int = 2  # objective=lifetime: M networks (and orders) per member
     validation: int = 1000  # objective=lifetime: held-out training examples the score is on
+    lifetime_loss: str = "error"  # objective=lifetime: the loss minimised, error (1 - validation
+    #                               accuracy) | ce (validation cross-entropy)
 
     def __post_init__(self):
         super().__post_init__()
@@ -56,6 +59,7 @@ class EvolutionConfig(RuleSpaceConfig):
         check_strategy_fields(self)
         check_choice("sharing", self.sharing, SHARING)
         check_choice("objective", self.objective, OBJECTIVES)
+        check_choice("lifetime_loss", self.lifetime_loss, LIFETIME_LOSSES)
         check_positive(self, "lifetime_examples", "lifetime_networks", "validation")
         if self.objective != "lifetime":
             for f in LIFETIME_FIELDS:

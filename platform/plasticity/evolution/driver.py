@@ -178,13 +178,16 @@ def run_evolution(cfg, data, *, device="cpu", out: Path | None = None, resume: b
             members, center = strategy.ask(g), strategy.center()
             t0 = time.perf_counter()
             scores = np.asarray(pool.losses(np.concatenate([members, center[None]]), idx, g))
-            accuracy = scores[:, 1] if scores.ndim == 2 else None  # lifetime: (loss, accuracy)
+            accuracy = scores[:, 1] if scores.ndim == 2 else None  # lifetime: (loss, acc, CE)
             losses = contain(scores[:, 0] if scores.ndim == 2 else scores, g)
             eval_s = time.perf_counter() - t0
             strategy.tell(g, members, losses[:-1])
             examples += losses.shape[0] * per_member
-            rec = _record(g, members, losses[:-1], center, losses[-1], cfg.weight_decay, strategy,
-                          examples, elapsed0 + time.perf_counter() - t_start, eval_s, accuracy)
+            rec = _record(g, members, losses[:-1], center, losses[-1],
+                          0.0 if lifetime else cfg.weight_decay, strategy, examples,
+                          elapsed0 + time.perf_counter() - t_start, eval_s, accuracy)
+            if lifetime:
+                rec["ce_center"] = float(scores[-1, 2])
             history.append(rec)
             sink.metrics(_metrics(rec, prefix), step=g)
             if out is not None:
