@@ -197,3 +197,18 @@ def test_compare_lifetime_runs_every_outer_loop_at_equal_examples_on_one_chart(c
         curve = client.get_metric_history(child.info.run_id, "validation_accuracy")
         assert [m.step for m in curve] == [p["examples"] for p in
                                            methods[child.data.tags["compare.method"]]["curve"]]
+
+
+def test_a_comparison_accepts_the_fields_of_its_strategies_and_gives_each_only_its_own():
+    from plasticity import PlasticityError
+    from plasticity.evolution.config import CompareConfig
+    from plasticity.evolution.strategies import for_strategy
+
+    cfg = CompareConfig(**LIFE, strategies="es,genetic", sigma=0.3, genes=5)
+    es, genetic = for_strategy(cfg, "es"), for_strategy(cfg, "genetic")
+    assert (es.strategy, es.sigma, es.genes, es.strategies) == ("es", 0.3, 20, "")
+    assert (genetic.strategy, genetic.sigma, genetic.genes) == ("genetic", 0.1, 5)
+    with pytest.raises(PlasticityError, match="^genes applies to genetic; strategy=es|cma does"):
+        CompareConfig(**{**LIFE, "strategy": "genetic"}, strategies="es,cma", genes=5)
+    with pytest.raises(PlasticityError, match="strategies applies to objective=lifetime"):
+        CompareConfig(strategies="es,cma")

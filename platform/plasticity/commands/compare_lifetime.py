@@ -58,6 +58,7 @@ def lifetime_seed(cfg, data, device, sink, out: Path, address=None, resume=False
     """One seed: every strategy, then GD at the largest evolution budget; curves on draw 0."""
     from ..evolution.driver import CHECKPOINT, run_evolution
     from ..evolution.lifetime import LifetimeEvaluator, lifetime_split
+    from ..evolution.strategies import for_strategy
     from ..meta import meta_train
 
     ev = LifetimeEvaluator(cfg, data, device)
@@ -65,7 +66,7 @@ def lifetime_seed(cfg, data, device, sink, out: Path, address=None, resume=False
     prefix = f"compare/seed{cfg.seed}"
     methods, rules = {}, {}
     for name in cfg.strategy_list:
-        scfg = dataclasses.replace(cfg, strategy=name, strategies="")
+        scfg = for_strategy(cfg, name)
         folder = out / f"seed{cfg.seed}" / name
         has_ck = resume and (folder / CHECKPOINT).is_file()
         t0 = time.perf_counter()

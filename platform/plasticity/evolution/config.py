@@ -9,13 +9,12 @@ batch g), plus ``weight_decay / 2 * ||rule||^2`` (Adam's L2 term, so both minimi
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 from .. import PlasticityError
 from ..checks import check_choice, check_positive
 from ..config import MetaConfig, RuleSpaceConfig
-from .strategies import STRATEGIES, check_strategy_fields
+from .strategies import STRATEGIES, check_strategy_fields, for_strategy
 
 SHARING = ("none", "random")
 OBJECTIVES = ("episodes", "lifetime")
@@ -111,7 +110,7 @@ class CompareConfig(EvolutionConfig):
         check_choice("meta_loss", self.meta_loss, ("logits", "softmax"))
         for name in self.strategy_list if self.strategies else ():
             check_choice("strategies", name, STRATEGIES)
-            dataclasses.replace(self, strategy=name, strategies="")  # its fields must fit it
+            for_strategy(self, name)  # each member's own config must build
         if self.strategies and self.objective != "lifetime":
             raise PlasticityError("strategies applies to objective=lifetime: set "
                                   "objective=lifetime, or one strategy= per compare run")

@@ -241,17 +241,29 @@ def method_name(cfg) -> str:
 
 
 def check_strategy_fields(cfg) -> None:
-    """Refuse, in one line, a field that only other strategies read set away from its default."""
-    spec = STRATEGIES[cfg.strategy]
+    """Refuse, in one line, a field that only other strategies read set away from its default
+    (the active strategies: ``cfg.strategy``, or a comparison's ``strategy_list``)."""
+    active = getattr(cfg, "strategy_list", None) if getattr(cfg, "strategies", "") else None
+    active = active or [cfg.strategy]
     for f in dataclasses.fields(cfg):
         users = [name for name, s in STRATEGIES.items() if f.name in s.fields]
-        if not users or f.name in spec.fields or getattr(cfg, f.name) == f.default:
+        if not users or set(users) & set(active) or getattr(cfg, f.name) == f.default:
             continue
         raise PlasticityError(
-            f"{f.name} applies to {', '.join(users)}; strategy={cfg.strategy} does not use it: "
+            f"{f.name} applies to {', '.join(users)}; strategy={'|'.join(active)} does not use it: "
             f"drop it (default {_text(f.default)}) or choose strategy={'|'.join(users)}")
 
 
 def _text(value) -> str:
     """A default as ``--set`` spells it (booleans lower-case)."""
     return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def for_strategy(cfg, name: str):
+    """``cfg`` for strategy ``name`` alone (a comparison's member): the fields only other
+    strategies read go back to their defaults."""
+    own = set(STRATEGIES[name].fields)
+    reset = {f.name: f.default for f in dataclasses.fields(cfg)
+             if f.name not in own and any(f.name in s.fields for s in STRATEGIES.values())}
+    extra = {"strategies": ""} if hasattr(cfg, "strategies") else {}
+    return dataclasses.replace(cfg, strategy=name, **reset, **extra)
