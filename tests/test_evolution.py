@@ -320,3 +320,26 @@ def test_every_member_exploding_is_a_one_line_error(halfspace):
     with pytest.raises(PlasticityError):
         contain(np.array([np.nan, np.nan, 1.0]), 3)  # every member exploded
     np.testing.assert_array_equal(contain(np.array([np.nan, 2.0, 1.0]), 3), [np.inf, 2.0, 1.0])
+
+
+def test_compare_logs_one_child_run_per_method_with_shared_metric_names(capsys, tmp_path):
+    """The UI overlays evolution and GD on one chart: a child run per (seed, method), each with
+    the metric ``loss`` against inner-loop examples and ``test_accuracy``."""
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    code, cap = in_process(capsys, "compare", "--preset", "smoke", "--set", "seeds=2", "--out",
+                           str(tmp_path / "c"), "--json", "--no-progress", "--tracking-uri", uri)
+    assert code == 0, cap.err
+    res = json.loads(cap.out)
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("plasticity").experiment_id])
+    parent = next(r for r in runs if "mlflow.parentRunId" not in r.data.tags)
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert res["method_runs"] == len(children) == 4
+    assert sorted((c.data.tags["compare.method"], c.data.tags["compare.seed"]) for c in children) == [
+        ("evolution", "0"), ("evolution", "1"), ("gd", "0"), ("gd", "1")]
+    for c in children:
+        assert {"loss", "test_accuracy"} <= set(c.data.metrics)
+        steps = [m.step for m in client.get_metric_history(c.info.run_id, "loss")]
+        assert steps == sorted(steps) and steps[-1] > 0  # against inner-loop examples

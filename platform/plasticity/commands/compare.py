@@ -15,6 +15,7 @@ from ..events import Sink
 from ..evolution.config import CompareConfig
 from ..files import write_json
 from .base import Command, check_cluster, cluster_flags
+from .compare_lifetime import compare_lifetime, method_runs
 from .evolve import LIFETIME, LIFETIME_SMOKE, SMOKE, load_data, rule_accuracy, rule_summary
 
 
@@ -113,6 +114,22 @@ def _compare_report(cfg: CompareConfig, runs: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def episode_entries(runs: list[dict]) -> list[dict]:
+    """The child-run entries of an episodes comparison: the task loss (without L2) against
+    inner-loop examples for both methods, and their test accuracies."""
+    entries = []
+    for r in runs:
+        for name in ("evolution", "gd"):
+            m = r[name]
+            key = "loss_task" if name == "evolution" else "loss"
+            entries.append({"name": name, "seed": r["seed"],
+                            "params": {"method": m["method"], "inner_loop_examples": m["examples"]},
+                            "curve": [(p["examples"], {"loss": p[key]})
+                                      for p in m["curve"][::max(1, len(m["curve"]) // 200)]],
+                            "summary": {"test_accuracy": m["test_accuracy"]}})
+    return entries
+
+
 def compare_handler(cfg: CompareConfig, ctx) -> dict:
     from ..evolution.driver import CHECKPOINT, load_checkpoint
     from ..rules.io import save_rule
@@ -120,8 +137,6 @@ def compare_handler(cfg: CompareConfig, ctx) -> dict:
     out, device, sink = Path(ctx.out), ctx.device, ctx.sink
     check_cluster(ctx.address)
     if cfg.objective == "lifetime":  # every outer loop on the lifetime objective
-        from .compare_lifetime import compare_lifetime
-
         return compare_lifetime(cfg, ctx)
     seeds = [dataclasses.replace(cfg, seed=cfg.seed + s) for s in range(cfg.seeds)]
     if ctx.resume:  # nothing to resume, or other settings: one line before anything runs
@@ -149,7 +164,8 @@ def compare_handler(cfg: CompareConfig, ctx) -> dict:
                for n in ("evolution", "gd")}
     sink.metrics({f"compare/{k}": v for k, v in summary.items()})
     result = {"command": "compare", "config": to_dict(cfg), **summary, "runs": runs,
-              "report": str(out / "report.md"), "seconds": time.time() - t0}
+              "report": str(out / "report.md"), "seconds": time.time() - t0,
+              "method_runs": method_runs(ctx, episode_entries(runs))}
     write_json(out / "result.json", result)
     return result
 

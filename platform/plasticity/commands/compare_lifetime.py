@@ -169,12 +169,12 @@ def report(cfg, runs: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def method_runs(ctx, runs: list[dict]) -> int:
-    """One MLflow child run per (seed, method) under the compare run, every one with the SAME
-    metric names (``validation_accuracy`` / ``validation_loss`` against inner-loop examples,
-    ``test_accuracy``, ``diag/*``), so the UI overlays the methods on one chart when the child
-    runs are selected together. A tracking failure is one warning, never the command's end.
-    Returns the number of child runs made."""
+def method_runs(ctx, entries: list[dict]) -> int:
+    """One MLflow child run per entry (a method of one seed) under the command's run, every one
+    with the SAME metric names, so the UI overlays the methods on one chart when the child runs
+    are selected together. An entry: ``name``, ``seed``, ``params``, ``curve`` (a list of
+    ``(step, metrics)``), ``summary`` (metrics logged once). A tracking failure is one warning,
+    never the command's end. Returns the number of child runs made."""
     import sys
 
     from ..tracking import open_store
@@ -186,26 +186,34 @@ def method_runs(ctx, runs: list[dict]) -> int:
     try:
         parent_id = parent.inner.start()
         store = open_store(ctx.tracking)
-        for r in runs:
-            for name, m in r["methods"].items():
-                child = store.sink(f"{name} seed{r['seed']}", parent_run_id=parent_id,
-                                   tags={"plasticity.command": "compare", "compare.method": name,
-                                         "compare.seed": str(r["seed"])}, register=False)
-                child.params({"method": m["method"], "seed": r["seed"],
-                              "inner_loop_examples": m["examples"]})
-                child.start()
-                for point in m["curve"]:
-                    child.metrics({"validation_accuracy": point["accuracy"],
-                                   "validation_loss": point["loss"]}, step=point["examples"])
-                child.metrics({"test_accuracy": m["test_accuracy"],
-                               **{f"diag/{k}": v for k, v in m.get("diagnostics", {}).items()}})
-                child.close("FINISHED")
-                made += 1
+        for e in entries:
+            child = store.sink(f"{e['name']} seed{e['seed']}", parent_run_id=parent_id,
+                               tags={"plasticity.command": "compare", "compare.method": e["name"],
+                                     "compare.seed": str(e["seed"])}, register=False)
+            child.params({**e["params"], "seed": e["seed"]})
+            child.start()
+            for step, metrics in e["curve"]:
+                child.metrics(metrics, step=step)
+            child.metrics(e["summary"])
+            child.close("FINISHED")
+            made += 1
     except Exception as exc:  # noqa: BLE001 - tracking never costs the command its results
         print(f"plasticity: warning: the per-method child runs were not all logged "
               f"({str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__})",
               file=sys.stderr)
     return made
+
+
+def lifetime_entries(runs: list[dict]) -> list[dict]:
+    """The child-run entries of a lifetime comparison: validation accuracy / loss against
+    inner-loop examples, test accuracy and diagnostics."""
+    return [{"name": name, "seed": r["seed"],
+             "params": {"method": m["method"], "inner_loop_examples": m["examples"]},
+             "curve": [(p["examples"], {"validation_accuracy": p["accuracy"],
+                                        "validation_loss": p["loss"]}) for p in m["curve"]],
+             "summary": {"test_accuracy": m["test_accuracy"],
+                         **{f"diag/{k}": v for k, v in m.get("diagnostics", {}).items()}}}
+            for r in runs for name, m in r["methods"].items()]
 
 
 def compare_lifetime(cfg, ctx) -> dict:
@@ -237,6 +245,6 @@ def compare_lifetime(cfg, ctx) -> dict:
     sink.metrics({f"compare/{k}": v for k, v in summary.items()})
     result = {"command": "compare", "objective": "lifetime", "config": to_dict(cfg), **summary,
               "runs": runs, "report": str(out / "report.md"), "seconds": time.time() - t0,
-              "method_runs": method_runs(ctx, runs)}
+              "method_runs": method_runs(ctx, lifetime_entries(runs))}
     write_json(out / "result.json", result)
     return result
