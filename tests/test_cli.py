@@ -143,3 +143,31 @@ def test_study_smoke_json_is_one_object(tmp_path, capsys):
     assert set(res["cells"]) == {f"halfspace/{s}/T={T}" for s in ("small", "large")
                                  for T in (1, 3)}
     assert (tmp_path / "report.md").exists() and (tmp_path / "rule_T3.json").exists()
+
+
+def test_a_study_runs_through_the_registered_handlers_tracked_as_child_runs(tmp_path, capsys):
+    """``study`` runs what ``reproduce`` runs: meta-train and train handlers, each with its own
+    output folder (result.json, events.jsonl) and MLflow child run under the study's run."""
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    assert run(["study", "fig3", "--preset", "smoke", "--set", "datasets=halfspace", "--set",
+                "task_seeds=1", "--out", str(tmp_path / "s"), "--json", "--no-progress",
+                "--tracking-uri", uri]) == 0
+    res = json.loads(capsys.readouterr().out)
+    parts = sorted(p.name for p in (tmp_path / "s" / "cells").iterdir())
+    assert parts == sorted(f"halfspace-{s}-T{T}-task0" for s in ("small", "large") for T in (1, 3))
+    for p in parts:  # each cell is a train run: its result.json holds what the study reports
+        cell = json.loads((tmp_path / "s" / "cells" / p / "result.json").read_text())
+        assert cell["command"] == "train"
+    large3 = json.loads((tmp_path / "s" / "cells" / "halfspace-large-T3-task0" / "result.json")
+                        .read_text())
+    assert res["cells"]["halfspace/large/T=3"]["mean"] == pytest.approx(
+        100 * sum(large3["test_accuracy"]) / len(large3["test_accuracy"]))
+    assert res["cells"]["halfspace/large/T=3"]["diagnostics"] == large3["diagnostics"]
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("plasticity").experiment_id])
+    parent = [r for r in runs if r.data.tags.get("plasticity.command") == "study"]
+    assert len(parent) == 1
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent[0].info.run_id]
+    assert sorted(r.data.tags["plasticity.command"] for r in children) == ["meta-train"] * 2 + ["train"] * 4

@@ -14,10 +14,10 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from plasticity import PlasticityError
 from plasticity.cli import main
+from plasticity.commands.paper_studies import StudyConfig
 from plasticity.config import BaselineConfig, MetaConfig, TrainConfig, field_names, from_dict, parse_sets
 from plasticity.rules.classic import classic_rule
 from plasticity.rules.io import load_rule, rule_to_dict
-from plasticity.studies import StudyConfig
 
 CONFIGS = (TrainConfig, MetaConfig, BaselineConfig, StudyConfig)
 FUZZ = settings(max_examples=150, deadline=None, derandomize=True,

@@ -31,7 +31,9 @@ def meta_train_handler(cfg: MetaConfig, ctx) -> dict:
     acc = evaluate_rule(cfg, res.rule, data, ctx.device, n_train=cfg.n_train or data.x_train.shape[0],
                         n_test=cfg.n_test or data.x_test.shape[0])
     result = {"command": "meta-train", "config": to_dict(cfg), "rule": str(rule_path),
-              "final_loss": res.history[-1]["loss"], "skipped_steps": res.skipped,
+              "final_loss": res.history[-1]["loss"], "first_loss": res.history[0]["loss"],
+              "final_accuracy": res.history[-1].get("accuracy"), "skipped_steps": res.skipped,
+              "collapsed_starts": res.collapsed_starts,
               "test_accuracy": acc, "seconds": time.time() - t0,
               "output_table": res.rule.output.table().tolist(),
               "rnn_table": None if res.rule.rnn is None else res.rule.rnn.table().tolist()}

@@ -8,7 +8,7 @@ networks, and attack rule-trained and GD-trained networks. Stages whose command 
 build are skipped and listed. At the end: a summary table on the terminal, ``OUT/report.md``
 with the plots, ``OUT/result.json``, all logged to the parent run.
 
-Sizes come from the study presets of ``plasticity.studies`` (the same meta-learning configs as
+Sizes come from the study presets of ``plasticity.commands.paper_studies`` (the same meta-learning configs as
 ``plasticity study fig3``); adding a stage is one entry in :func:`stages`.
 """
 
@@ -44,7 +44,7 @@ class Stage:
 
 
 def _meta_sets(preset: str, **kw) -> dict:
-    from ..studies import STUDY_PRESETS, StudyConfig, meta_config
+    from .paper_studies import STUDY_PRESETS, StudyConfig, meta_config
 
     sc = StudyConfig(**STUDY_PRESETS[preset])
     return to_dict(meta_config(sc, **kw))

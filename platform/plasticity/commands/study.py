@@ -6,20 +6,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..studies import STUDIES, STUDY_PRESETS, StudyConfig, run_study
 from .base import Command
+from .paper_studies import STUDIES, STUDY_PRESETS, StudyConfig, run_study
 
 
 def study_handler(cfg: StudyConfig, ctx) -> dict:
     name = ctx.options["name"]
-    result = run_study(name, cfg, device=ctx.device, out=Path(ctx.out), progress=ctx.progress,
-                       preset=ctx.preset or COMMAND.default_preset)
+    result = run_study(name, cfg, ctx, preset=ctx.preset or COMMAND.default_preset)
     ctx.sink.metrics({f"study/{k}": v for k, v in result.items()
                       if isinstance(v, (int, float)) and not isinstance(v, bool)})
-    for f in sorted(Path(ctx.out).rglob("*")):
-        if f.suffix in (".md", ".json", ".png") and f.name != "events.jsonl":
-            ctx.sink.artifact(f, str(f.parent.relative_to(ctx.out)) if f.parent != Path(ctx.out)
-                              else None)
+    for f in sorted(Path(ctx.out).glob("*")):  # the study's own files (its parts are child runs)
+        if f.suffix in (".md", ".json", ".png"):
+            ctx.sink.artifact(f)
     return result
 
 

@@ -34,6 +34,10 @@ def train_handler(cfg: TrainConfig, ctx) -> dict:
               "curve": {"examples": res.examples, "accuracy_mean": res.curve.mean(1).tolist(),
                         "accuracy_std": res.curve.std(1).tolist()},
               "diverged_networks": int(res.diverged.sum()), "seconds": time.time() - t0}
+    if cfg.T > 1:  # what rounds 2..T do in the trained networks (docs/dynamics.md)
+        from ..dynamics import trained_diagnostics
+
+        result["diagnostics"] = trained_diagnostics(cfg, None, res.W, ctx.device)
     if result["diverged_networks"]:
         print(f"plasticity: warning: {result['diverged_networks']} of {cfg.networks} networks "
               "diverged (non-finite weights; learning stopped for them): lower eta",

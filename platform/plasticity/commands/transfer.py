@@ -19,8 +19,8 @@ from ..checks import check_choice, check_positive, parse_list
 from ..config import DTYPES, to_dict
 from ..files import write_json
 from ..network import FIRINGS, RECURRENCES, check_network_shape
-from ..studies import FIG3_NETS, IMAGES, PAPER_FIG3
 from .base import Command
+from .paper_studies import FIG3_NETS, IMAGES, PAPER_FIG3
 
 GD = ("none", "output", "full")
 

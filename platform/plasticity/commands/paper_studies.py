@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -17,11 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
-from . import PlasticityError
-from .config import BaselineConfig, MetaConfig, TrainConfig, to_dict
+from .. import PlasticityError
+from ..config import BaselineConfig, MetaConfig, TrainConfig, to_dict
+from ..files import atomic_write_text
+from .base import run_child
 from .dynamics_study import parse_combos, report_dynamics, study_dynamics
-from .files import atomic_write_text
-from .rules.io import save_rule
 
 SYNTHETIC = ("halfspace", "relu1", "relu2", "rnn")
 IMAGES = ("mnist", "fashion_mnist")
@@ -76,7 +77,7 @@ class StudyConfig:
                      "large", "meta_seeds"):
             if getattr(self, name) < 1:
                 raise PlasticityError(f"{name}={getattr(self, name)} must be >= 1")
-        from .data import DATASETS
+        from ..data import DATASETS
 
         for d in self.dataset_list + self.dynamics_dataset_list:
             if d not in DATASETS:
@@ -126,48 +127,42 @@ def train_config(sc: StudyConfig, dataset: str, neurons: int, T: int, **kw) -> T
     return TrainConfig(**base)
 
 
-def learn_fig3_rules(sc: StudyConfig, device, progress) -> dict:
+def learn_fig3_rules(sc: StudyConfig, ctx, out: Path) -> dict:
     """The two rules of Fig. 3: the output rule on Halfspace (small, T=1) and the RNN + output
-    rules on ReLU1 (small, T=3), both meta-learned by GD (docs/paper.md 5.2)."""
-    from .data import load_dataset
-    from .meta import meta_train
-
+    rules on ReLU1 (small, T=3), both meta-learned by GD (docs/paper.md 5.2), each a
+    ``meta-train`` run in ``out/meta-T<T>``: {T: its result}."""
     k = max(1, sc.small // 2)
     specs = {1: meta_config(sc, dataset="halfspace", neurons=sc.small, k=k, T=1, learn="output"),
              3: meta_config(sc, dataset="relu1", neurons=sc.small, k=k, T=3, learn="both",
-                          horizon=sc.meta_horizon)}
-    rules = {}
-    for T, cfg in specs.items():
-        data = load_dataset(cfg.dataset, data_seed=cfg.data_seed)
-        rules[T] = meta_train(cfg, data, device=device, progress=progress)
-    return rules
+                            horizon=sc.meta_horizon)}
+    return {T: run_child("meta-train", cfg, ctx, out / f"meta-T{T}") for T, cfg in specs.items()}
 
 
-def study_fig3(sc: StudyConfig, device, out: Path, progress: bool) -> dict:
-    """Fig. 3: learned rules frozen, then training small/large x T=1/T=3 nets on six data sets."""
-    from .data import load_dataset
-    from .dynamics import trained_diagnostics
-    from .transfer import run_train
+def cell_name(dataset: str, size: str, T: int, task: int | None = None) -> str:
+    return f"{dataset}-{size}-T{T}" + ("" if task is None else f"-task{task}")
 
+
+def study_fig3(sc: StudyConfig, ctx, out: Path) -> dict:
+    """Fig. 3: learned rules frozen, then training small/large x T=1/T=3 nets on six data sets;
+    every meta-learning and every cell x task a registered command's run (meta-train, train)."""
     t0 = time.time()
-    learned = learn_fig3_rules(sc, device, progress)
+    learned = learn_fig3_rules(sc, ctx, out)
     for T, res in learned.items():
-        save_rule(res.rule, out / f"rule_T{T}.json")
-        _log(f"meta-learned T={T} rule: final loss {res.history[-1]['loss']:.3f}", t0)
+        shutil.copyfile(res["rule"], out / f"rule_T{T}.json")
+        _log(f"meta-learned T={T} rule: final loss {res['final_loss']:.3f}", t0)
     cells = {}
     for dataset in sc.dataset_list:
         tasks = range(sc.task_seeds) if dataset in SYNTHETIC else range(1)
-        datas = [load_dataset(dataset, data_seed=t) for t in tasks]
         for (size, T), paper in zip(FIG3_NETS, PAPER_FIG3[dataset]):
             neurons = sc.small if size == "small" else sc.large
             per_task, diag = [], None
-            for t, data in zip(tasks, datas):
-                cfg = train_config(sc, dataset, neurons, T, data_seed=t)
-                res = run_train(cfg, learned[T].rule, device=device, data=data,
-                                progress=progress)
-                per_task.append(res.test_accuracy * 100)
+            for t in tasks:
+                cfg = train_config(sc, dataset, neurons, T, data_seed=t,
+                                   rule=str(out / f"rule_T{T}.json"))
+                res = run_child("train", cfg, ctx, out / "cells" / cell_name(dataset, size, T, t))
+                per_task.append(np.asarray(res["test_accuracy"]) * 100)
                 if T > 1 and diag is None:  # the first task's networks, every T >= 2 cell
-                    diag = trained_diagnostics(cfg, data, res.W, device)
+                    diag = res["diagnostics"]
             acc = np.concatenate(per_task)
             key = f"{dataset}/{size}/T={T}"
             cells[key] = {"mean": float(acc.mean()), "std": float(acc.std()),
@@ -178,9 +173,9 @@ def study_fig3(sc: StudyConfig, device, out: Path, progress: bool) -> dict:
             _log(f"{key}: {acc.mean():.1f} ± {acc.std():.1f} (paper {paper}); per task "
                  f"{[round(float(a.mean()), 1) for a in per_task]}", t0)
     return {"study": "fig3", "cells": cells, "seconds": time.time() - t0,
-            "rules": {f"T={T}": r.rule.output.table().tolist() for T, r in learned.items()},
-            "meta_final_loss": {f"T={T}": r.history[-1]["loss"] for T, r in learned.items()},
-            "meta_collapsed_starts": {f"T={T}": r.collapsed_starts for T, r in learned.items()}}
+            "rules": {f"T={T}": r["output_table"] for T, r in learned.items()},
+            "meta_final_loss": {f"T={T}": r["final_loss"] for T, r in learned.items()},
+            "meta_collapsed_starts": {f"T={T}": r["collapsed_starts"] for T, r in learned.items()}}
 
 
 def report_fig3(result: dict) -> str:
@@ -223,39 +218,29 @@ def diagnostics_table(cells: dict) -> list[str]:
     return lines
 
 
-def study_table2(sc: StudyConfig, device, out: Path, progress: bool) -> dict:
+def study_table2(sc: StudyConfig, ctx, out: Path) -> dict:
     """Table 2 clean accuracy: |V|=1000, k=500, 2 passes; T=3 with an RNN rule (an MLP,
     hidden 20) meta-learned on a |V|=200 net with the perceptron output rule fixed; T=1 with the
     perceptron rule, input weights N(0,1) and all ones (the starred row)."""
-    from .data import load_dataset
-    from .dynamics import trained_diagnostics
-    from .meta import meta_train
-    from .rules import Rule
-    from .rules.classic import perceptron
-    from .transfer import run_train
-
     t0 = time.time()
     meta_n = max(2, sc.large // 5)
     cfg = meta_config(sc, dataset="mnist", neurons=meta_n, k=meta_n // 2, T=3, learn="rnn",
-                    rule_param="mlp", hidden=20, n_train=sc.n_train_images,
-                    horizon=sc.meta_horizon)
-    mnist = load_dataset("mnist")
-    rnn_rule = meta_train(cfg, mnist, device=device, progress=progress).rule
-    save_rule(rnn_rule, out / "rule_T3.json")
-    rows = {"T=3": (rnn_rule, 3, "normal"), "T=1*": (Rule(1, perceptron(1)), 1, "ones"),
-            "T=1": (Rule(1, perceptron(1)), 1, "normal")}
+                      rule_param="mlp", hidden=20, n_train=sc.n_train_images,
+                      horizon=sc.meta_horizon)
+    meta = run_child("meta-train", cfg, ctx, out / "meta-T3")
+    shutil.copyfile(meta["rule"], out / "rule_T3.json")
+    rows = {"T=3": (str(out / "rule_T3.json"), 3, "normal"), "T=1*": ("perceptron", 1, "ones"),
+            "T=1": ("perceptron", 1, "normal")}
     cells = {}
     for dataset, col in (("mnist", 0), ("fashion_mnist", 1)):
-        data = mnist if dataset == "mnist" else load_dataset(dataset)
         for name, (rule, T, inputs) in rows.items():
-            tc = train_config(sc, dataset, sc.large, T, passes=2, input_weights=inputs)
-            res = run_train(tc, rule, device=device, data=data, progress=progress)
-            acc = res.test_accuracy * 100
+            tc = train_config(sc, dataset, sc.large, T, passes=2, input_weights=inputs, rule=rule)
+            res = run_child("train", tc, ctx, out / "cells" / f"{dataset}-{name.replace('*', 'star')}")
+            acc = np.asarray(res["test_accuracy"]) * 100
             cells[f"{dataset}/{name}"] = {"mean": float(acc.mean()), "std": float(acc.std()),
                                           "runs": acc.tolist(), "paper": PAPER_TABLE2[name][col]}
             if T > 1:
-                cells[f"{dataset}/{name}"]["diagnostics"] = trained_diagnostics(tc, data, res.W,
-                                                                                device)
+                cells[f"{dataset}/{name}"]["diagnostics"] = res["diagnostics"]
             _log(f"{dataset}/{name}: {acc.mean():.1f} ± {acc.std():.1f}", t0)
     return {"study": "table2", "cells": cells, "seconds": time.time() - t0}
 
@@ -273,30 +258,25 @@ def report_table2(result: dict) -> str:
             "parentheses).\n\n" + "\n".join(lines) + "\n")
 
 
-def study_fig2(sc: StudyConfig, device, out: Path, progress: bool) -> dict:
+def study_fig2(sc: StudyConfig, ctx, out: Path) -> dict:
     """Fig. 2: MNIST, T=1, |V|=1000: accuracy against updates for the meta-learned output rule
     (Halfspace, small net) and the perceptron rule, and for output-layer GD (batch 1, 200)."""
-    from .baselines import train_baseline
-    from .data import load_dataset
-    from .meta import meta_train
-    from .rules import Rule
-    from .rules.classic import perceptron
-    from .transfer import run_train
+    from ..data import load_dataset
 
     t0 = time.time()
-    mnist = load_dataset("mnist")
-    hs = meta_train(meta_config(sc, dataset="halfspace", neurons=sc.small, k=sc.small // 2, T=1),
-                    load_dataset("halfspace"), device=device, progress=progress)
+    hs = run_child("meta-train", meta_config(sc, dataset="halfspace", neurons=sc.small,
+                                             k=sc.small // 2, T=1), ctx, out / "meta-T1")
     every = 500 if sc.n_train_images in (0, 60000) or sc.n_train_images >= 10000 else 100
     curves = {}
-    for name, rule in (("learned rule", hs.rule), ("perceptron rule", Rule(1, perceptron(1)))):
-        tc = train_config(sc, "mnist", sc.large, 1, eval_every=every, eval_examples=sc.n_test or 10000)
-        res = run_train(tc, rule, device=device, data=mnist, progress=progress)
-        curves[name] = {"examples": res.examples, "updates": res.examples,
-                        "mean": (res.curve.mean(1) * 100).tolist(),
-                        "std": (res.curve.std(1) * 100).tolist(),
-                        "mistake_updates": res.updates.tolist()}
-    n_train = sc.n_train_images or mnist.x_train.shape[0]
+    for name, rule in (("learned rule", hs["rule"]), ("perceptron rule", "perceptron")):
+        tc = train_config(sc, "mnist", sc.large, 1, eval_every=every, eval_examples=sc.n_test or 10000,
+                          rule=rule)
+        res = run_child("train", tc, ctx, out / "cells" / name.replace(" ", "-"))
+        curves[name] = {"examples": res["curve"]["examples"], "updates": res["curve"]["examples"],
+                        "mean": (np.asarray(res["curve"]["accuracy_mean"]) * 100).tolist(),
+                        "std": (np.asarray(res["curve"]["accuracy_std"]) * 100).tolist(),
+                        "mistake_updates": res["updates"]}
+    n_train = sc.n_train_images or load_dataset("mnist").x_train.shape[0]
     for batch in (1, 200):
         # batch 200 runs as many passes as it takes to make 5,000 optimizer steps
         passes = 1 if batch == 1 else math.ceil(5000 * batch / n_train)
@@ -304,11 +284,12 @@ def study_fig2(sc: StudyConfig, device, out: Path, progress: bool) -> dict:
                             batch=batch, networks=sc.seeds, n_train=sc.n_train_images,
                             n_test=sc.n_test, eval_every=every * (1 if batch == 1 else 20),
                             eval_examples=sc.n_test or 10000, dtype=sc.dtype, passes=passes)
-        res = train_baseline(bc, mnist, device=device, progress=progress)
-        curves[f"GD batch {batch}"] = {"examples": res.examples, "updates": res.updates_at,
-                                       "mean": (res.curve.mean(1) * 100).tolist(),
-                                       "std": (res.curve.std(1) * 100).tolist()}
-        _log(f"GD batch {batch}: {res.test_accuracy.mean() * 100:.1f}", t0)
+        res = run_child("baseline", bc, ctx, out / "cells" / f"gd-batch{batch}")
+        curves[f"GD batch {batch}"] = {"examples": res["curve"]["examples"],
+                                       "updates": res["curve"]["updates"],
+                                       "mean": (np.asarray(res["curve"]["accuracy_mean"]) * 100).tolist(),
+                                       "std": (np.asarray(res["curve"]["accuracy_std"]) * 100).tolist()}
+        _log(f"GD batch {batch}: {res['test_accuracy_mean'] * 100:.1f}", t0)
     return {"study": "fig2", "curves": curves, "seconds": time.time() - t0}
 
 
@@ -331,17 +312,17 @@ def report_fig2(result: dict) -> str:
             + "\n".join(lines) + "\n")
 
 
-def study_theory(sc: StudyConfig, device, out: Path, progress: bool) -> dict:
+def study_theory(sc: StudyConfig, ctx, out: Path) -> dict:
     """docs/paper.md 6.1-6.5: Theorem 1 (additive and multiplicative 2x2 output rules meta-learned from
     random starts), Theorem 3 (mistakes of [-a, a; b, -b] against the bound) and the closed-form
     MSE-optimal output rule (engine-trained with the every-example, all-rows scheme)."""
-    from .data import load_dataset
-    from .learning import example_orders, train_with_rule
-    from .network import make_networks
-    from .rules import Rule, Scheme
-    from .rules.classic import perceptron
-    from .seeding import torch_generator
-    from .theory import mse_optimal_output_rule, theorem1_experiment, theorem3_experiment
+    from ..data import load_dataset
+    from ..learning import example_orders, train_with_rule
+    from ..network import make_networks
+    from ..rules import Rule, Scheme
+    from ..rules.classic import perceptron
+    from ..seeding import torch_generator
+    from ..theory import mse_optimal_output_rule, theorem1_experiment, theorem3_experiment
 
     t0 = time.time()
     hs = load_dataset("halfspace")
@@ -350,7 +331,7 @@ def study_theory(sc: StudyConfig, device, out: Path, progress: bool) -> dict:
     for mode, starts in (("additive", sc.starts), ("multiplicative", max(1, sc.starts // 2))):
         cfg = meta_config(sc, dataset="halfspace", neurons=small, k=small // 2, T=1, mode=mode,
                         episodes=4, eval_every=sc.meta_steps, n_train=sc.n_train_synthetic)
-        thm1[mode] = theorem1_experiment(cfg, hs, starts, device=device)
+        thm1[mode] = theorem1_experiment(cfg, hs, starts, device=ctx.device)
         _log(f"Theorem 1 {mode}: {thm1[mode]['perceptron_count']}/{starts} perceptron pattern, "
              f"{thm1[mode]['difference_perceptron_count']}/{starts} in the column difference", t0)
     thm3 = [theorem3_experiment(20, gamma, a, b, examples=1000, seed=sc.seed, runs=5)
@@ -420,15 +401,17 @@ STUDIES = {"fig3": (study_fig3, report_fig3), "table2": (study_table2, report_ta
            "dynamics": (study_dynamics, report_dynamics)}
 
 
-def run_study(name: str, sc: StudyConfig, *, device, out: Path, progress: bool,
-              preset: str = "-") -> dict:
-    """Run study ``name`` with its config; write result.json and report.md."""
+def run_study(name: str, sc: StudyConfig, ctx, preset: str = "-") -> dict:
+    """Run study ``name`` with its config in ``ctx.out`` (its meta-learning and training runs
+    are registered commands' runs, MLflow child runs when ``ctx`` is tracked); write
+    result.json and report.md."""
     if name not in STUDIES:
         raise PlasticityError(f"unknown study '{name}': use one of {', '.join(STUDIES)}")
     fn, report = STUDIES[name]
+    out = Path(ctx.out)
     out.mkdir(parents=True, exist_ok=True)
-    result = fn(sc, device, out, progress)
-    result.update(preset=preset, config=to_dict(sc), device=str(device))
+    result = fn(sc, ctx, out)
+    result.update(preset=preset, config=to_dict(sc), device=str(ctx.device))
     text = f"# Study {name} (preset {preset}, seed {sc.seed})\n\n" + report(result)
     atomic_write_text(out / "result.json", json.dumps(result, indent=1))
     atomic_write_text(out / "report.md", text)

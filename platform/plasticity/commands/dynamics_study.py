@@ -13,16 +13,17 @@ Run as ``plasticity study dynamics`` (the fields are ``studies.StudyConfig``'s).
 
 from __future__ import annotations
 
+import shutil
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-from . import PlasticityError
-from .config import MetaConfig, TrainConfig
-from .meta import COLLAPSE_MARGIN
-from .rules.io import save_rule
+from .. import PlasticityError
+from ..config import MetaConfig, TrainConfig
+from ..meta import COLLAPSE_MARGIN
+from .base import run_child
 
 
 def parse_combos(text: str) -> list[dict]:
@@ -52,9 +53,9 @@ def _log(msg: str, t0: float) -> None:
     print(f"[{time.time() - t0:7.1f}s] {msg}", file=sys.stderr, flush=True)
 
 
-def _meta(sc, combo: dict, seed: int, T: int, device, progress):
-    from .data import load_dataset
-    from .meta import class_majority, meta_train
+def _meta(sc, combo: dict, seed: int, T: int, ctx, out: Path):
+    from ..data import load_dataset
+    from ..meta import class_majority
 
     k = max(1, sc.small // 2)
     horizon = sc.meta_horizon if combo["horizon"] is None else combo["horizon"]
@@ -65,54 +66,52 @@ def _meta(sc, combo: dict, seed: int, T: int, device, progress):
                      dtype=sc.dtype, recurrence=combo["recurrence"], firing=combo["firing"],
                      meta_loss=combo["meta_loss"], n_train=sc.n_train_synthetic,
                      restarts=sc.meta_restarts, restart_after=sc.restart_after)
-    data = load_dataset(cfg.dataset, data_seed=cfg.data_seed)
-    res = meta_train(cfg, data, device=device, progress=progress)
-    majority = class_majority(cfg, data)
-    acc = res.history[-1]["accuracy"]
-    return res.rule, {"loss_first": res.history[0]["loss"], "loss_last": res.history[-1]["loss"],
-                      "accuracy": acc, "majority": majority, "skipped": res.skipped,
-                      "collapsed": bool(acc < majority + COLLAPSE_MARGIN),
-                      "restarts_used": len(res.collapsed_starts)}
+    res = run_child("meta-train", cfg, ctx, out)
+    majority = class_majority(cfg, load_dataset(cfg.dataset, data_seed=cfg.data_seed))
+    acc = res["final_accuracy"]
+    return res["rule"], {"loss_first": res["first_loss"], "loss_last": res["final_loss"],
+                         "accuracy": acc, "majority": majority, "skipped": res["skipped_steps"],
+                         "collapsed": bool(acc < majority + COLLAPSE_MARGIN),
+                         "restarts_used": len(res["collapsed_starts"])}
 
 
-def _large(sc, combo: dict, rule, data, T: int, device, progress) -> dict:
-    from .dynamics import trained_diagnostics
-    from .transfer import run_train
-
-    cfg = TrainConfig(seed=sc.seed, dataset=data.name, neurons=sc.large, k=max(1, sc.large // 2),
+def _large(sc, combo: dict, rule: str, dataset: str, T: int, ctx, out: Path) -> dict:
+    cfg = TrainConfig(seed=sc.seed, dataset=dataset, neurons=sc.large, k=max(1, sc.large // 2),
                       T=T, networks=sc.seeds, passes=sc.passes, n_train=sc.n_train_synthetic,
                       n_test=sc.n_test, eval_every=10**9, eval_examples=1, dtype=sc.dtype,
-                      recurrence=combo["recurrence"], firing=combo["firing"])
-    res = run_train(cfg, rule, device=device, data=data, progress=progress)
-    cell = {"accuracy": (res.test_accuracy * 100).tolist(), "updates": res.updates.tolist()}
+                      recurrence=combo["recurrence"], firing=combo["firing"], rule=rule)
+    res = run_child("train", cfg, ctx, out)
+    cell = {"accuracy": (np.asarray(res["test_accuracy"]) * 100).tolist(), "updates": res["updates"]}
     if T > 1:
-        cell["diagnostics"] = trained_diagnostics(cfg, data, res.W, device)
+        cell["diagnostics"] = res["diagnostics"]
     return cell
 
 
-def study_dynamics(sc, device, out: Path, progress: bool) -> dict:
-    """The ablation; see the module docstring. Writes every learned rule under ``out/rules``."""
-    from .data import load_dataset
-
+def study_dynamics(sc, ctx, out: Path) -> dict:
+    """The ablation; see the module docstring. Writes every learned rule under ``out/rules``;
+    every meta-learning and every large-network training is a registered command's run."""
     t0 = time.time()
-    datas = {d: load_dataset(d, data_seed=0) for d in sc.dynamics_dataset_list}
     runs = []
     for combo in parse_combos(sc.combos):
         for ms in range(sc.meta_seeds):
             seed = sc.seed + ms
             run = {"combo": combo["name"], "meta_seed": seed, "meta": {}, "cells": {}}
             rules = {}
+            tag = combo["name"].replace("/", "-")
             for T in (1, 3):
-                rules[T], run["meta"][f"T={T}"] = _meta(sc, combo, seed, T, device, progress)
-                tag = combo["name"].replace("/", "-")
-                save_rule(rules[T], out / "rules" / f"{tag}_seed{seed}_T{T}.json")
+                path, run["meta"][f"T={T}"] = _meta(sc, combo, seed, T, ctx,
+                                                    out / "meta" / f"{tag}_seed{seed}_T{T}")
+                rules[T] = out / "rules" / f"{tag}_seed{seed}_T{T}.json"
+                rules[T].parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(path, rules[T])
             m3 = run["meta"]["T=3"]
             _log(f"{combo['name']} seed {seed}: T=3 meta loss {m3['loss_first']:.3f} -> "
                  f"{m3['loss_last']:.3f}, small-net accuracy {m3['accuracy']:.3f} "
                  f"(majority {m3['majority']:.3f}{', COLLAPSED' if m3['collapsed'] else ''})", t0)
-            for name, data in datas.items():
+            for name in sc.dynamics_dataset_list:
                 for T in (1, 3):
-                    cell = _large(sc, combo, rules[T], data, T, device, progress)
+                    cell = _large(sc, combo, str(rules[T]), name, T, ctx,
+                                  out / "cells" / f"{tag}_seed{seed}_{name}_T{T}")
                     run["cells"][f"{name}/T={T}"] = cell
                     diag = cell.get("diagnostics")
                     extra = "" if diag is None else (
