@@ -237,8 +237,12 @@ def test_sigkilled_tracked_compare_resumes_as_the_same_run_with_every_step_once(
         assert [r[name]["test_accuracy"] for r in a["runs"]] == [r[name]["test_accuracy"]
                                                                 for r in b["runs"]]
     store = open_store(uri)
-    runs = _runs(store)
+    every = _runs(store)
+    runs = [r for r in every if "mlflow.parentRunId" not in r.data.tags]
     assert [r.info.run_id for r in runs] == [killed_id] and runs[0].info.status == "FINISHED"
+    # its per-method child runs (one per seed and method) were made once, by the run that ended
+    children = [r for r in every if r.data.tags.get("mlflow.parentRunId") == killed_id]
+    assert len(children) == 4 and all(r.info.status == "FINISHED" for r in children)
     steps = _step_events(out)
     for seed in (5, 6):
         assert sorted(steps[f"compare/seed{seed}/evolution/loss_best"]) == list(range(1, 61))

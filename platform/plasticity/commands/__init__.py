@@ -12,7 +12,7 @@ import importlib
 from pathlib import Path
 
 from .. import PlasticityError
-from .base import Command, Context, resolve_device, run_handler
+from .base import Command, Context, parent_run, resolve_device, run_handler
 
 # command name -> module of plasticity.commands (CLI order)
 MODULES = {
@@ -64,5 +64,23 @@ def prepare(name: str, preset: str | None, sets: dict, out: Path, seed: int | No
     return command, cfg, ctx
 
 
+def run_child(name: str, cfg, ctx: Context, out: Path, run_name: str | None = None) -> dict:
+    """Run the registered command ``name`` with ``cfg`` in ``out`` as a part of ``ctx``'s run (a
+    study's meta-learning or cell): exactly ``plasticity NAME --set ...`` (its own result.json
+    and events.jsonl), and, when ``ctx`` is tracked, an MLflow child run of ``ctx``'s run."""
+    sub = Context(out=Path(out), device=ctx.device, progress=ctx.progress, tracking=ctx.tracking,
+                  seed=ctx.seed)
+    child = None
+    parent = parent_run(ctx)
+    if ctx.tracking is not None and parent is not None and parent.failed is None:
+        from ..tracking import GuardedSink, open_store
+
+        inner = open_store(ctx.tracking).sink(run_name or name, parent_run_id=parent.inner.start(),
+                                              out=Path(out), tags={"plasticity.command": name},
+                                              register=False)
+        child = GuardedSink(inner, ctx.tracking, Path(out))
+    return run_handler(get(name), cfg, sub, child)
+
+
 __all__ = ["MODULES", "Command", "Context", "all_commands", "config_commands", "get", "prepare",
-           "resolve_device", "run_handler"]
+           "resolve_device", "run_child", "run_handler"]

@@ -195,23 +195,3 @@ def check_cluster(address: str | None) -> None:
 def parent_run(ctx: Context):
     """The MLflow sink of ``ctx``'s run (inside its FanOut), or None when not tracked."""
     return next((s for s in getattr(ctx.sink, "sinks", []) if hasattr(s, "inner")), None)
-
-
-def run_child(name: str, cfg, ctx: Context, out: Path, run_name: str | None = None) -> dict:
-    """Run the registered command ``name`` with ``cfg`` in ``out`` as a part of ``ctx``'s run (a
-    study's meta-learning or cell): exactly ``plasticity NAME --set ...`` (its own result.json
-    and events.jsonl), and, when ``ctx`` is tracked, an MLflow child run of ``ctx``'s run."""
-    from . import get
-
-    sub = Context(out=Path(out), device=ctx.device, progress=ctx.progress, tracking=ctx.tracking,
-                  seed=ctx.seed)
-    child = None
-    parent = parent_run(ctx)
-    if ctx.tracking is not None and parent is not None and parent.failed is None:
-        from ..tracking import GuardedSink, open_store
-
-        inner = open_store(ctx.tracking).sink(run_name or name, parent_run_id=parent.inner.start(),
-                                              out=Path(out), tags={"plasticity.command": name},
-                                              register=False)
-        child = GuardedSink(inner, ctx.tracking, Path(out))
-    return run_handler(get(name), cfg, sub, child)

@@ -22,6 +22,7 @@ import numpy as np
 
 from ..config import TrainConfig, to_dict
 from ..files import write_json
+from .base import parent_run
 
 DRAW = 0  # the lifetime draw every curve point is scored on (generations use 1, 2, ...)
 
@@ -179,7 +180,7 @@ def method_runs(ctx, entries: list[dict]) -> int:
 
     from ..tracking import open_store
 
-    parent = next((s for s in getattr(ctx.sink, "sinks", []) if hasattr(s, "inner")), None)
+    parent = parent_run(ctx)
     if ctx.tracking is None or parent is None or parent.failed is not None:
         return 0
     made = 0

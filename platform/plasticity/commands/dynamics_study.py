@@ -23,7 +23,7 @@ import numpy as np
 from .. import PlasticityError
 from ..config import MetaConfig, TrainConfig
 from ..meta import COLLAPSE_MARGIN
-from .base import run_child
+from . import run_child
 
 
 def parse_combos(text: str) -> list[dict]:

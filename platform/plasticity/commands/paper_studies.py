@@ -21,7 +21,7 @@ import numpy as np
 from .. import PlasticityError
 from ..config import BaselineConfig, MetaConfig, TrainConfig, to_dict
 from ..files import atomic_write_text
-from .base import run_child
+from . import run_child
 from .dynamics_study import parse_combos, report_dynamics, study_dynamics
 
 SYNTHETIC = ("halfspace", "relu1", "relu2", "rnn")
