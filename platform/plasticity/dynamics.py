@@ -64,13 +64,8 @@ def recurrence_diagnostics(nets: Networks, W: torch.Tensor, x: torch.Tensor,
 
 def trained_diagnostics(cfg, data, W: torch.Tensor, device, examples: int = 1000) -> dict:
     """:func:`recurrence_diagnostics` of the networks a ``run_train(cfg, ...)`` trained (the same
-    draw: ``run_networks(cfg, ...)``) with their final W, on the first ``examples`` test examples
-    (``data`` None: ``cfg``'s data set, loaded)."""
+    draw: ``run_networks(cfg, ...)``) with their final W, on the first ``examples`` test examples."""
     from .experiment import run_networks, run_tensors
 
-    if data is None:
-        from .data import load_dataset
-
-        data = load_dataset(cfg.dataset, data_seed=cfg.data_seed, inputs=cfg.inputs)
     nets = run_networks(cfg, data, cfg.networks, device)
     return recurrence_diagnostics(nets, W, run_tensors(cfg, data, device)[2][:examples])

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config import TrainConfig, to_dict
+from ..config import Common, TrainConfig, to_dict
 from ..files import write_json
 from .base import parent_run
 
@@ -39,10 +39,9 @@ def final_test(cfg, rule, data, device) -> dict:
     from ..transfer import run_train
 
     v = cfg.eval_neurons or cfg.neurons
-    tc = TrainConfig(seed=cfg.seed, dataset=cfg.dataset, data_seed=cfg.data_seed, inputs=cfg.inputs,
-                     neurons=v, k=max(1, v // 2) if cfg.eval_neurons else cfg.k, p=cfg.p, T=cfg.T,
-                     recurrence=cfg.recurrence, firing=cfg.firing, input_weights=cfg.input_weights,
-                     dtype=cfg.dtype, eta=cfg.eta, n_train=cfg.eval_train, n_test=cfg.eval_examples,
+    common = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(Common)}
+    tc = TrainConfig(**{**common, "neurons": v, "k": max(1, v // 2) if cfg.eval_neurons else cfg.k,
+                        "n_train": cfg.eval_train, "n_test": cfg.eval_examples},
                      networks=cfg.eval_networks, eval_every=10**9, eval_examples=1)
     res = run_train(tc, rule, device=device, data=data)
     out = {"test_accuracy": float(np.mean(res.test_accuracy)),

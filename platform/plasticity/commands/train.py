@@ -19,6 +19,7 @@ PRESETS = {
 
 
 def train_handler(cfg: TrainConfig, ctx) -> dict:
+    from ..data import load_dataset
     from ..transfer import dynamics_mismatch, run_train
 
     t0 = time.time()
@@ -26,7 +27,8 @@ def train_handler(cfg: TrainConfig, ctx) -> dict:
     mismatch = dynamics_mismatch(rule, cfg)
     if mismatch:
         print(f"plasticity: warning: {mismatch}; see docs/dynamics.md", file=sys.stderr)
-    res = run_train(cfg, rule, device=ctx.device, progress=ctx.progress)
+    data = load_dataset(cfg.dataset, data_seed=cfg.data_seed, inputs=cfg.inputs)  # once: training
+    res = run_train(cfg, rule, device=ctx.device, data=data, progress=ctx.progress)  # and diagnostics
     ctx.sink.rule("train", rule)
     result = {"command": "train", "config": to_dict(cfg), "rule_provenance": rule.provenance,
               "dynamics_mismatch": mismatch,
@@ -37,7 +39,7 @@ def train_handler(cfg: TrainConfig, ctx) -> dict:
     if cfg.T > 1:  # what rounds 2..T do in the trained networks (docs/dynamics.md)
         from ..dynamics import trained_diagnostics
 
-        result["diagnostics"] = trained_diagnostics(cfg, None, res.W, ctx.device)
+        result["diagnostics"] = trained_diagnostics(cfg, data, res.W, ctx.device)
     if result["diverged_networks"]:
         print(f"plasticity: warning: {result['diverged_networks']} of {cfg.networks} networks "
               "diverged (non-finite weights; learning stopped for them): lower eta",

@@ -243,8 +243,7 @@ def method_name(cfg) -> str:
 def check_strategy_fields(cfg) -> None:
     """Refuse, in one line, a field that only other strategies read set away from its default
     (the active strategies: ``cfg.strategy``, or a comparison's ``strategy_list``)."""
-    active = getattr(cfg, "strategy_list", None) if getattr(cfg, "strategies", "") else None
-    active = active or [cfg.strategy]
+    active = cfg.strategy_list if getattr(cfg, "strategies", "") else [cfg.strategy]
     for f in dataclasses.fields(cfg):
         users = [name for name, s in STRATEGIES.items() if f.name in s.fields]
         if not users or set(users) & set(active) or getattr(cfg, f.name) == f.default:
