@@ -1,20 +1,33 @@
-"""Tracking under load: a sweep of many short trials on local Ray, logged to a fresh sqlite store.
+"""Tracking under load: a sweep of many short trials on local Ray, logged to a fresh store.
 
 Runs ``plasticity sweep smoke --samples N`` (meta-train smoke trials, a few seconds each) with
 ``--cpus-per-trial 1`` on a local Ray of ``--cpus`` CPUs (that many trials at once), every trial
 an MLflow child run logged by the driver's Tune callback (plasticity.commands.sweep.TrialLogger). The
-callback's methods are wrapped with a timer, so the tracking cost is measured, not guessed.
+callback's methods are wrapped with a timer, so the tracking cost is measured, not guessed, in
+total and per trial (in the order the trials started, so a cost that grows with the trials
+already logged shows as ``per_trial_logging_ms`` of the last trials above the first).
+
+Where the sweep logs (``--server``):
+- ``none``: straight into a fresh sqlite file (the default store of one user);
+- ``sqlite``: a ``plasticity server`` (MLflow's server with basic auth, on loopback) over a fresh
+  sqlite file, the sweep logging over HTTP with the credentials the bench makes;
+- ``postgresql``: the same server over a PostgreSQL database the bench creates and stops itself
+  (``initdb`` + ``pg_ctl`` from Debian's package, run as the ``postgres`` user when the bench is
+  root; trust authentication on 127.0.0.1 only; needs ``pip install 'psycopg[binary]'``).
 Then it checks through MlflowClient that every trial is a FINISHED child run holding every
-metric step its ``events.jsonl`` holds, exactly once, and that the sqlite file passes
+metric step its ``events.jsonl`` holds, exactly once, and (sqlite) that the file passes
 ``PRAGMA integrity_check`` and takes a write lock (not left locked).
 
 Reported: wall time, trials/s, logged metric points/s, time in the logging callback as a
 fraction of the summed trial time (a trial's time: from the driver's start hook to the end of
-its completion hook, as the driver sees it) and of the sweep's wall time, and the load average
-(``uptime``) before and after: the machine may be shared.
+its completion hook, as the driver sees it) and of the sweep's wall time, the per-trial logging
+cost of the first and last 100 trials, and the load average (``uptime``) before and after: the
+machine may be shared.
 
     .venv/bin/python bench/bench_tracking_load.py --trials 64 --repeats 3 \\
         --out bench/results_tracking_load.json
+    .venv/bin/python bench/bench_tracking_load.py --trials 1000 --server sqlite postgresql \\
+        --out bench/results_tracking_load_1000.json
 """
 
 from __future__ import annotations
@@ -26,6 +39,10 @@ import io
 import json
 import os
 import platform as _platform
+import secrets
+import shutil
+import signal
+import socket
 import sqlite3
 import statistics
 import subprocess
@@ -45,8 +62,9 @@ def _uptime() -> str:
     return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
 
 
-def _instrument(timings: dict, spans: dict):
-    """Wrap TrialLogger's hooks: seconds spent per hook, and each trial's start/end times."""
+def _instrument(timings: dict, spans: dict, per_trial: dict):
+    """Wrap TrialLogger's hooks: seconds spent per hook and per trial, and each trial's start/end
+    times."""
     from plasticity.commands.sweep import TrialLogger
 
     originals = {name: getattr(TrialLogger, name) for name in HOOKS}
@@ -63,6 +81,7 @@ def _instrument(timings: dict, spans: dict):
                 t1 = time.perf_counter()
                 timings[name][0] += t1 - t0
                 timings[name][1] += 1
+                per_trial[trial.trial_id] = per_trial.get(trial.trial_id, 0.0) + (t1 - t0)
                 if name in ("on_trial_complete", "on_trial_error"):  # its logging included
                     spans.setdefault(trial.trial_id, [t0, None])[1] = t1
 
@@ -73,11 +92,92 @@ def _instrument(timings: dict, spans: dict):
     return originals
 
 
-def check_store(db: Path, result: dict, out: Path) -> dict:
-    """Every trial a FINISHED child run with every metric step of its events.jsonl, once."""
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait(check, what: str, proc: subprocess.Popen | None = None, timeout: float = 120) -> float:
+    t0 = time.time()
+    while True:
+        try:
+            if check():
+                return time.time() - t0
+        except OSError:
+            pass
+        if (proc is not None and proc.poll() is not None) or time.time() > t0 + timeout:
+            raise SystemExit(f"bench: {what} did not start")
+        time.sleep(0.2)
+
+
+@contextlib.contextmanager
+def postgresql(workdir: Path):
+    """A throw-away PostgreSQL cluster on 127.0.0.1 (trust auth: loopback only), its URI."""
+    bindir = Path("/usr/lib/postgresql")
+    versions = sorted(bindir.glob("*/bin/initdb"))
+    initdb = str(versions[-1]) if versions else shutil.which("initdb")
+    if not initdb:
+        raise SystemExit("bench: no initdb: install Debian's postgresql package")
+    pg_ctl = str(Path(initdb).with_name("pg_ctl"))
+    data = Path(tempfile.mkdtemp(prefix="plasticity-pg-"))  # not under workdir: postgres must reach it
+    as_user: list[str] = []
+    if os.geteuid() == 0:  # PostgreSQL refuses to run as root
+        shutil.chown(data, "postgres", "postgres")
+        as_user = ["runuser", "-u", "postgres", "--"]
+    port = _free_port()
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    subprocess.run(as_user + [initdb, "-D", str(data), "-A", "trust", "-U", "postgres",
+                              "--no-sync", "-E", "UTF8"], check=True, **quiet)
+    subprocess.run(as_user + [pg_ctl, "-D", str(data), "-l", str(data / "log"), "-w", "-o",
+                              f"-p {port} -k {data} -c listen_addresses=127.0.0.1", "start"],
+                   check=True, **quiet)
+    try:
+        import psycopg
+
+        with psycopg.connect(f"host=127.0.0.1 port={port} user=postgres dbname=postgres",
+                             autocommit=True) as con:
+            con.execute("CREATE DATABASE mlflow")
+        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/mlflow"
+    finally:
+        subprocess.run(as_user + [pg_ctl, "-D", str(data), "-m", "fast", "-w", "stop"], **quiet)
+        shutil.rmtree(data, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def tracking_server(store_uri: str, workdir: Path):
+    """``plasticity server`` (basic auth) on a free loopback port over ``store_uri``; yields its
+    address with the driver's credentials set in the environment."""
+    import urllib.request
+
+    creds = {"MLFLOW_TRACKING_USERNAME": "bench", "MLFLOW_TRACKING_PASSWORD": secrets.token_hex(12)}
+    os.environ.update(creds)
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "plasticity", "server", "--tracking-uri", store_uri, "--port",
+         str(port), "--auth-dir", str(workdir / "auth")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    address = f"http://127.0.0.1:{port}"
+    try:
+        _wait(lambda: urllib.request.urlopen(address + "/health", timeout=2).status == 200,
+              "plasticity server", proc)
+        yield address
+    finally:
+        proc.send_signal(signal.SIGTERM)  # plasticity server stops its MLflow process group
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+        for k in creds:
+            os.environ.pop(k, None)
+
+
+def check_store(uri: str, db: Path | None, result: dict, out: Path) -> dict:
+    """Every trial a FINISHED child run with every metric step of its events.jsonl, once; a
+    sqlite file (``db``) intact and not left locked."""
     from plasticity.tracking import child_runs, open_store
 
-    store = open_store(f"sqlite:///{db}")
+    store = open_store(uri)
     children = child_runs(store, result["parent_run_id"])
     by_trial = {c.data.tags["trial_id"]: c for c in children}
     problems, points = [], 0
@@ -106,29 +206,60 @@ def check_store(db: Path, result: dict, out: Path) -> dict:
     for c in children:
         for key in c.data.metrics:
             all_points += len(store.client.get_metric_history(c.info.run_id, key))
-    con = sqlite3.connect(db, timeout=5)
-    integrity = con.execute("PRAGMA integrity_check").fetchone()[0]
-    try:
-        con.execute("BEGIN IMMEDIATE")  # takes the write lock: nothing left holding it
-        con.execute("ROLLBACK")
-        locked = False
-    except sqlite3.OperationalError:
-        locked = True
-    con.close()
+    integrity, locked = "ok", False
+    if db is not None:
+        con = sqlite3.connect(db, timeout=5)
+        integrity = con.execute("PRAGMA integrity_check").fetchone()[0]
+        try:
+            con.execute("BEGIN IMMEDIATE")  # takes the write lock: nothing left holding it
+            con.execute("ROLLBACK")
+        except sqlite3.OperationalError:
+            locked = True
+        con.close()
     return {"child_runs": len(children), "finished": sum(c.info.status == "FINISHED" for c in children),
             "checked_metric_points": points, "metric_points": all_points,
             "integrity_check": integrity, "locked": locked, "problems": problems[:20],
             "ok": not problems and integrity == "ok" and not locked}
 
 
-def run(trials: int, cpus: int, workdir: Path) -> dict:
+def _first_last(per_trial: dict, spans: dict, n: int = 100) -> dict:
+    """Per-trial logging cost (ms) of the first and the last ``n`` trials to start."""
+    order = [t for t, _ in sorted(spans.items(), key=lambda kv: kv[1][0]) if t in per_trial]
+    costs = [1000 * per_trial[t] for t in order]
+    n = min(n, len(costs) // 2) or 1
+
+    def stats(xs):
+        return {"trials": len(xs), "mean_ms": round(statistics.mean(xs), 2),
+                "median_ms": round(statistics.median(xs), 2), "max_ms": round(max(xs), 2)}
+
+    first, last = stats(costs[:n]), stats(costs[-n:])
+    return {"first": first, "last": last,
+            "last_over_first_median": round(last["median_ms"] / first["median_ms"], 3)}
+
+
+def run(trials: int, cpus: int, workdir: Path, server: str = "none") -> dict:
+    with contextlib.ExitStack() as stack:
+        db: Path | None = workdir / "mlflow.db"
+        store_uri = f"sqlite:///{db}"
+        if server == "postgresql":
+            store_uri, db = stack.enter_context(postgresql(workdir)), None
+        uri = store_uri if server == "none" else stack.enter_context(tracking_server(store_uri, workdir))
+        result = _run(trials, cpus, workdir, uri, db)
+        result["server"] = server
+        result["backend"] = store_uri.split(":", 1)[0].split("+", 1)[0]
+        result["command"] += f" --server {server}"
+        return result
+
+
+def _run(trials: int, cpus: int, workdir: Path, uri: str, db: Path | None) -> dict:
     import ray
     from plasticity.cli import run as cli_run
 
     timings = defaultdict(lambda: [0.0, 0])
     spans: dict = {}
-    _instrument(timings, spans)
-    db, out = workdir / "mlflow.db", workdir / "sweep"
+    per_trial: dict = {}
+    originals = _instrument(timings, spans, per_trial)
+    out = workdir / "sweep"
     load_before = _uptime()
     ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
     try:
@@ -136,13 +267,17 @@ def run(trials: int, cpus: int, workdir: Path) -> dict:
         with contextlib.redirect_stdout(io.StringIO()):  # the sweep's JSON: read from result.json
             code = cli_run(["sweep", "smoke", "--samples", str(trials), "--seed", "0",
                             "--cpus-per-trial", "1", "--out", str(out), "--tracking-uri",
-                            f"sqlite:///{db}", "--json"])
+                            uri, "--json"])
         wall = time.perf_counter() - t0
     finally:
         ray.shutdown()
+        from plasticity.commands.sweep import TrialLogger
+
+        for name, fn in originals.items():  # the next repeat wraps the originals afresh
+            setattr(TrialLogger, name, fn)
     load_after = _uptime()
     result = json.loads((out / "result.json").read_text())
-    checks = check_store(db, result, out)
+    checks = check_store(uri, db, result, out)
     trial_s = sum(end - start for start, end in spans.values() if end is not None)
     logging_s = sum(v[0] for v in timings.values())
     return {
@@ -154,7 +289,8 @@ def run(trials: int, cpus: int, workdir: Path) -> dict:
         "logging_fraction_of_trial_time": round(logging_s / trial_s, 4) if trial_s else None,
         "logging_fraction_of_wall": round(logging_s / wall, 4),
         "logging_by_hook": {k: {"seconds": round(v[0], 3), "calls": v[1]} for k, v in timings.items()},
-        "store": checks, "sqlite_mb": round(db.stat().st_size / 2**20, 2),
+        "per_trial_logging_ms": _first_last(per_trial, spans),
+        "store": checks, "sqlite_mb": round(db.stat().st_size / 2**20, 2) if db else None,
         "load_before": load_before, "load_after": load_after,
         "machine": f"{_platform.machine()}, {os.cpu_count()} cores, python {sys.version.split()[0]}",
         "command": f"bench/bench_tracking_load.py --trials {trials} --cpus {cpus}",
@@ -166,16 +302,23 @@ def main() -> None:
     p.add_argument("--trials", type=int, default=64)
     p.add_argument("--cpus", type=int, default=2, help="local Ray CPUs = concurrent trials")
     p.add_argument("--repeats", type=int, default=1, help="run the whole sweep this many times")
+    p.add_argument("--server", nargs="+", default=["none"], choices=("none", "sqlite", "postgresql"),
+                   help="log straight to sqlite (none) or through a plasticity server over a "
+                        "sqlite or PostgreSQL store; several: each in turn")
     p.add_argument("--out", type=Path, help="write the results JSON here")
     args = p.parse_args()
     runs = []
-    for _ in range(args.repeats):
-        with tempfile.TemporaryDirectory() as tmp:
-            runs.append(run(args.trials, args.cpus, Path(tmp)))
+    for server in args.server:
+        for _ in range(args.repeats):
+            with tempfile.TemporaryDirectory() as tmp:
+                runs.append(run(args.trials, args.cpus, Path(tmp), server))
     keys = ("wall_s", "trials_per_s", "metric_points_per_s", "logging_fraction_of_trial_time",
             "logging_fraction_of_wall")
-    summary = {k: {"min": min(r[k] for r in runs), "max": max(r[k] for r in runs),
-                   "median": statistics.median(r[k] for r in runs)} for k in keys}
+    summary = {}
+    for server in args.server:
+        rs = [r for r in runs if r["server"] == server]
+        summary[server] = {k: {"min": min(r[k] for r in rs), "max": max(r[k] for r in rs),
+                               "median": statistics.median(r[k] for r in rs)} for k in keys}
     ok = all(r["store"]["ok"] and r["errors"] == 0 for r in runs)
     text = json.dumps({"summary": summary, "all_ok": ok, "runs": runs}, indent=1)
     print(text)

@@ -140,6 +140,7 @@ def test_killed_sweep_resumes_without_rerunning_finished_trials(ray_local, tmp_p
     (["sweep", "nope", "--samples", "2"], "unknown search space 'nope'"),
     (["sweep", "smoke", "--resume"], "nothing to resume"),
     (["sweep", "smoke", "--samples", "0"], "--samples 0"),
+    (["sweep", "smoke", "--retries", "-1"], "--retries -1"),
     (["sweep", "smoke", "--tracking-uri", "http://127.0.0.1:9"], "unreachable"),
     (["sweep", "smoke", "--address", "127.0.0.1:9"], "cannot reach the Ray cluster"),
     (["sweep", "smoke", "--set", "bogus=1"], "unknown meta-train config key 'bogus'"),

@@ -5,7 +5,9 @@ attacks): a trial is ``Command.handler`` of a registered command with its config
 trial's sampled fields over a preset, and a sink that forwards the handler's metrics to
 ``tune.report``. The last report carries a checkpoint (the trial's output folder: result.json,
 events.jsonl, the rules). A trial that already finished (its folder holds DONE.json) reports its
-stored result instead of running again, so a resumed sweep never re-runs a finished trial.
+stored result instead of running again, so a resumed sweep never re-runs a finished trial. A
+trial restarted by Tune (its node was lost, ``sweep --retries``) whose folder holds a checkpoint
+of a resumable command (``Command.resumable``: evolve, compare) continues from it.
 Trials never talk to MLflow: the driver logs them (plasticity.commands.sweep).
 """
 
@@ -14,7 +16,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from plasticity.commands import prepare, run_handler
+from plasticity.commands import get, prepare, run_handler
 from plasticity.events import Sink
 from plasticity.files import atomic_write_text
 from plasticity.rules.io import save_rule
@@ -76,10 +78,14 @@ def command_trainable(config: dict, command: str, preset: str | None, root: str,
     if (out / DONE).is_file():  # finished before the driver was stopped: report, do not re-run
         tune.report(json.loads((out / DONE).read_text()), checkpoint=Checkpoint.from_directory(out))
         return
-    # a trial cut off by a killed driver runs again from its start: its events start afresh
-    # (events.jsonl holds every step once, as its MLflow child run, which the driver logs anew)
-    (out / "events.jsonl").unlink(missing_ok=True)
-    cmd, cfg, ctx = prepare(command, preset, config, out,
+    resumable = get(command).resumable
+    resume = resumable is not None and resumable(out)
+    if not resume:
+        # a trial cut off (a killed driver, a lost node) runs again from its start: its events
+        # start afresh (events.jsonl holds every step once; the driver logs each step once)
+        (out / "events.jsonl").unlink(missing_ok=True)
+    # else the command's --resume continues from its checkpoint and drops the events past it
+    cmd, cfg, ctx = prepare(command, preset, config, out, resume=resume,
                             device="cuda" if ray.get_gpu_ids() else "cpu")
     sink = TuneSink(out, metric)
     result = run_handler(cmd, cfg, ctx, sink)

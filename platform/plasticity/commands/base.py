@@ -36,6 +36,9 @@ class Command:
     default_preset: str | None = None  # preset used when --preset is not given
     out_name: Callable | None = None  # (options) -> default folder name under runs/ (else name)
     flags: str = "run"  # shared flags: run (all) | tracking (--tracking-uri, --json) | config | none
+    # (out) -> True when ``out`` holds a checkpoint this command's ``--resume`` continues: a Tune
+    # trial restarted after its node was lost resumes there instead of starting over
+    resumable: Callable | None = None
 
     def build(self, preset: str | None = None, sets: dict | None = None, seed: int | None = None):
         """The run's config: preset, then ``--set`` fields, then ``--seed``."""

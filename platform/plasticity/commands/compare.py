@@ -181,5 +181,13 @@ PRESETS = {
     "paper": {"generations": 200, "seeds": 5, "eval_train": 10000, "eval_examples": 10000},
 }
 
+def resumable(out: Path) -> bool:
+    """``out`` holds a seed's evolution checkpoint (``--resume`` continues from it)."""
+    from ..evolution.driver import CHECKPOINT
+
+    return any(Path(out).glob(f"seed*/{CHECKPOINT}"))
+
+
 COMMAND = Command("compare", "evolution vs meta-learning GD on the same task, rule space, start and data",
-                  compare_handler, CompareConfig, PRESETS, arguments=cluster_flags)
+                  compare_handler, CompareConfig, PRESETS, arguments=cluster_flags,
+                  resumable=resumable)

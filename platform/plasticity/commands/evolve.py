@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -64,13 +65,21 @@ def evolve_handler(cfg: EvolutionConfig, ctx) -> dict:
               "final_loss": last["loss_center"], "loss_best": last["loss_best"],
               "examples": last["examples"], "test_accuracy": acc,
               "start_rule": run.start.tolist(), "final_rule": run.final.tolist(),
-              "replaced_actors": run.replaced_actors, **rule_summary(run.rule),
+              "replaced_actors": run.replaced_actors, "resumed_from": run.resumed_from,
+              **rule_summary(run.rule),
               "seconds": time.time() - t0}
     if hasattr(run.strategy, "start_error"):
         result["start_error"] = run.strategy.start_error
     write_json(out / "history.json", run.history)
     write_json(out / "result.json", result)
     return result
+
+
+def resumable(out: Path) -> bool:
+    """``out`` holds an evolution checkpoint (``--resume`` continues it)."""
+    from ..evolution.driver import CHECKPOINT
+
+    return (Path(out) / CHECKPOINT).is_file()
 
 
 SMOKE = {"n_train": 600, "n_test": 500, "neurons": 40, "k": 20, "episodes": 2, "batch": 20,
@@ -93,4 +102,5 @@ PRESETS = {
 }
 
 COMMAND = Command("evolve", "evolve a plasticity rule: allele model (genetic), GA or ES",
-                  evolve_handler, EvolutionConfig, PRESETS, arguments=cluster_flags)
+                  evolve_handler, EvolutionConfig, PRESETS, arguments=cluster_flags,
+                  resumable=resumable)

@@ -40,6 +40,7 @@ class TrialLogger(tune.Callback):
         self.uri, self.parent_run_id, self.command = uri, parent_run_id, command
         self._store, self._sinks, self._last, self._existing = None, {}, {}, None
         self._seen: dict[str, set] = {}  # trial id -> the steps this driver logged
+        self._floor: dict[str, int] = {}  # restarted trial -> the last step logged before
 
     def __getstate__(self):  # pickled into Tune's experiment state: no live client
         return {"uri": self.uri, "parent_run_id": self.parent_run_id, "command": self.command}
@@ -82,6 +83,8 @@ class TrialLogger(tune.Callback):
             return
         sink.params(trial.config)  # PBT mutations become hparam/<key> metrics
         step = int(result.get("step", result.get("training_iteration", 0)))
+        if step <= self._floor.get(trial.trial_id, -1):  # re-reported after a restart: logged
+            return
         self._seen.setdefault(trial.trial_id, set()).add(step)
         last = self._last.setdefault(trial.trial_id, {})
         keys = result.get("new_keys")
@@ -134,6 +137,19 @@ class TrialLogger(tune.Callback):
         if any(step not in seen for _, step in history):
             sink.rewind(2**62, history)
 
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        """Tune restarts the trial (its node was lost, or it raised: Tune does not tell the two
+        apart, so a trial that raises is tried 1 + ``--retries`` times). It runs again from its
+        checkpoint, or from its start, in the same child run; the steps it reports again are
+        logged already (the first values stay: equal but for timings, the trials being
+        seeded)."""
+        seen = self._seen.get(trial.trial_id)
+        if seen:
+            self._floor[trial.trial_id] = max(max(seen), self._floor.get(trial.trial_id, -1))
+        failures = getattr(getattr(trial, "run_metadata", None), "num_failures", "?")
+        print(f"[sweep] {trial} failed (its worker or node lost, or an error): restarted "
+              f"(failure {failures}; --retries {trial.max_failures})", file=sys.stderr, flush=True)
+
     def on_trial_error(self, iteration, trials, trial, **info):
         sink = self._sink(trial)
         if sink is not None:
@@ -184,6 +200,9 @@ def sweep_flags(p) -> None:
     p.add_argument("--scheduler", default="none", choices=("none", "asha", "pbt"))
     p.add_argument("--address", help="Ray cluster address (default: a new local Ray)")
     p.add_argument("--resume", action="store_true", help="resume the sweep in --out after a crash")
+    p.add_argument("--retries", type=int, default=2,
+                   help="restarts of a trial whose worker or node died (Tune max_failures; an "
+                        "evolve/compare trial continues from its checkpoint; default 2)")
     p.add_argument("--cpus-per-trial", type=float, default=1.0)
     p.add_argument("--gpus-per-trial", type=float,
                    help="GPUs per trial (default: the space's, when the cluster has GPUs; else 0)")
@@ -191,6 +210,7 @@ def sweep_flags(p) -> None:
 
 def sweep_options(args) -> dict:
     return {"space": args.space, "samples": args.samples, "scheduler": args.scheduler,
+            "retries": args.retries,
             "cpus_per_trial": args.cpus_per_trial, "gpus_per_trial": args.gpus_per_trial}
 
 
@@ -201,7 +221,7 @@ def sweep_handler(_cfg, ctx) -> dict:
     from . import MODULES, get
 
     opt = {"samples": 1, "scheduler": "none", "cpus_per_trial": 1.0, "gpus_per_trial": None,
-           **ctx.options}
+           "retries": 2, **ctx.options}
     name = opt["space"]
     space = get_space(name)
     if space.command not in MODULES:
@@ -212,6 +232,8 @@ def sweep_handler(_cfg, ctx) -> dict:
     get(space.command).build(space.preset, sample(space, 1, seed=0)[0], None)
     if opt["samples"] < 1:
         raise PlasticityError(f"--samples {opt['samples']} must be >= 1")
+    if opt["retries"] < 0:
+        raise PlasticityError(f"--retries {opt['retries']} must be >= 0")
     check_cluster(ctx.address)
     seed = 0 if ctx.seed is None else ctx.seed
     out = (ctx.out or Path("runs") / f"sweep-{name}").resolve()
@@ -270,7 +292,7 @@ def sweep_handler(_cfg, ctx) -> dict:
                     search_alg=BasicVariantGenerator(random_state=seed),
                     scheduler=_scheduler(opt["scheduler"], space, seed), reuse_actors=True),
                 run_config=tune.RunConfig(name="tune", storage_path=str(out), callbacks=callbacks,
-                                          verbose=0, failure_config=tune.FailureConfig(max_failures=0)))
+                                          verbose=0, failure_config=tune.FailureConfig(max_failures=opt["retries"])))
         grid = tuner.fit()
     except KeyboardInterrupt:
         if parent is not None:

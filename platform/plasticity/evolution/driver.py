@@ -73,6 +73,7 @@ class EvolutionRun:
     rule: object  # final rule as a plasticity.rules.Rule
     replaced_actors: int = 0
     extra: dict = field(default_factory=dict)
+    resumed_from: int = 0  # the checkpointed generation a --resume continued after (0: fresh)
 
 
 def _check_resume(cfg, saved: dict, path: Path) -> None:
@@ -205,4 +206,4 @@ def run_evolution(cfg, data, *, device="cpu", out: Path | None = None, resume: b
                   "network": {"neurons": cfg.neurons, "k": cfg.k, "p": cfg.p, "T": cfg.T},
                   "generations": len(history), "config": to_dict(cfg)}
     return EvolutionRun(strategy, history, start, final, space.rule(final, provenance),
-                        getattr(pool, "replaced", 0))
+                        getattr(pool, "replaced", 0), resumed_from=first - 1)
