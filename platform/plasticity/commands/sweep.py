@@ -291,8 +291,9 @@ def sweep_handler(_cfg, ctx) -> dict:
                     num_samples=opt["samples"], metric=space.metric, mode=space.mode,
                     search_alg=BasicVariantGenerator(random_state=seed),
                     scheduler=_scheduler(opt["scheduler"], space, seed), reuse_actors=True),
-                run_config=tune.RunConfig(name="tune", storage_path=str(out), callbacks=callbacks,
-                                          verbose=0, failure_config=tune.FailureConfig(max_failures=opt["retries"])))
+                run_config=tune.RunConfig(
+                    name="tune", storage_path=str(out), callbacks=callbacks, verbose=0,
+                    failure_config=tune.FailureConfig(max_failures=opt["retries"])))
         grid = tuner.fit()
     except KeyboardInterrupt:
         if parent is not None:
