@@ -91,6 +91,7 @@ def test_transfer_command_smoke_writes_matrix_and_curves(capsys, tmp_path):
     (["shapes=40x50"], "k=50"),
     (["sources=nope.json"], "nope.json"),
     (["seeds=0"], "seeds=0"),
+    (["sources=fig3_T1,perceptron,fig3_T1"], "sources lists fig3_T1 more than once"),
 ])
 def test_bad_input_is_one_line_exit_2(capsys, tmp_path, sets, needle):
     args = ["--preset", "smoke", "--out", str(tmp_path)]
@@ -98,3 +99,23 @@ def test_bad_input_is_one_line_exit_2(capsys, tmp_path, sets, needle):
         args += ["--set", s]
     code, _, err = _run(capsys, *args)
     assert code == 2 and len(err.strip().splitlines()) == 1 and needle in err, err
+
+
+def test_sources_sharing_a_file_stem_keep_their_own_cells(capsys, tmp_path):
+    """Two rule files named rule_T1.json in different folders: two sources named folder/stem,
+    each with its own cells (before, the second overwrote the first's under one name)."""
+    from plasticity.commands.transfer import source_names
+    from plasticity.rules.refs import shipped_path
+
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "rule_T1.json").write_text(shipped_path("fig3_T1").read_text())
+    refs = [str(tmp_path / f / "rule_T1.json") for f in ("a", "b")]
+    assert source_names([*refs, "perceptron", "x/fig3.json"]) == ["a/rule_T1", "b/rule_T1",
+                                                                   "perceptron", "fig3"]
+    code, out, _ = _run(capsys, "--preset", "smoke", "--out", str(tmp_path / "o"), "--json",
+                        "--set", f"sources={','.join(refs)}", "--set", "targets=halfspace",
+                        "--set", "shapes=40x20")
+    assert code == 0, out
+    assert sorted(json.loads(out)["cells"]) == ["a/rule_T1|halfspace|40x20x1",
+                                                "b/rule_T1|halfspace|40x20x1"]

@@ -68,7 +68,7 @@ class TransferConfig:
             if d not in DATASETS:
                 raise PlasticityError(f"unknown dataset '{d}' in targets: use {', '.join(DATASETS)}")
         self.shape_list  # noqa: B018 - parses and checks the shapes
-        parse_list("sources", self.sources)
+        source_names(parse_list("sources", self.sources))  # two sources, one name: refused
 
     @property
     def target_list(self) -> list[str]:
@@ -98,12 +98,27 @@ PRESETS = {
 }
 
 
-def _load_source(ref: str, T_default: int, eta: float):
+def source_names(refs: list[str]) -> list[str]:
+    """The name each source goes by in the tables and metrics: a rule file's stem, or its
+    ``folder/stem`` where two files share a stem (``a/rule_T3.json``, ``b/rule_T3.json``), so
+    no source's cells overwrite another's; a source listed twice is a one-line error."""
+    if len(set(refs)) < len(refs):
+        twice = sorted({r for r in refs if refs.count(r) > 1})
+        raise PlasticityError(f"sources lists {', '.join(twice)} more than once: list each once")
+    stems = [Path(r).stem if r.endswith(".json") else r for r in refs]
+    names = [f"{Path(r).parent.name}/{stem}" if stems.count(stem) > 1 and r.endswith(".json")
+             else stem for r, stem in zip(refs, stems)]
+    if len(set(names)) < len(names):
+        raise PlasticityError(f"sources {', '.join(refs)} do not have distinct names (file stems, "
+                              "or folder/stem): rename or move one of the files")
+    return names
+
+
+def _load_sources(refs: list[str], T_default: int, eta: float) -> list[tuple[str, object]]:
     from ..rules.refs import load_rule_ref
 
-    rule = load_rule_ref(ref, T_default, eta)
-    name = Path(ref).stem if ref.endswith(".json") else ref
-    return name, rule
+    return [(name, load_rule_ref(ref, T_default, eta))
+            for name, ref in zip(source_names(refs), refs)]
 
 
 def _paper_value(rule, neurons: int, T: int, dataset: str):
@@ -127,7 +142,7 @@ def transfer_handler(cfg: TransferConfig, ctx) -> dict:
     t0 = time.time()
     out, device, sink = ctx.out, ctx.device, ctx.sink
     out.mkdir(parents=True, exist_ok=True)
-    sources = [_load_source(ref, 1, cfg.eta) for ref in parse_list("sources", cfg.sources)]
+    sources = _load_sources(parse_list("sources", cfg.sources), 1, cfg.eta)
     lift_rnn = load_rule_ref(cfg.lift_rnn, 1, cfg.eta) if cfg.lift_rnn else None
     plan = []
     for name, rule in sources:
