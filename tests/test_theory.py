@@ -163,3 +163,53 @@ def test_theorem1_experiment_structure(halfspace, mode):
                                                      alone.history[-1]["loss"])
     with pytest.raises(PlasticityError, match="T=1"):
         theory.theorem1_experiment(MetaConfig(T=2), ds, 1)
+
+
+def test_slack_data_lies_in_the_ball_with_margin_and_flipped_labels_make_d2():
+    gen = torch_generator(0, "test-slack")
+    w, X, y, D2 = theory.slack_data(10, 0.1, 400, gen, radius=2.0, noise=0.05, runs=2)
+    assert X.shape == (2, 400, 10) and torch.all(X.norm(dim=-1) <= 2.0 + 1e-12)
+    signed = torch.einsum("rmn,rn->rm", X, w) * y
+    assert torch.all(signed.abs() >= 0.1)  # every point is gamma away from w*'s threshold
+    flipped = signed < 0
+    assert 0 < int(flipped.sum()) < 80  # ~5% of 800
+    expected = ((0.1 - signed).clamp(min=0) ** 2).sum(1)
+    assert torch.allclose(D2, expected) and torch.all(D2 > 0)
+    *_, D2_clean = theory.slack_data(10, 0.1, 100, torch_generator(0, "x"), noise=0.0)
+    assert float(D2_clean.sum()) == 0.0
+
+
+def _margin_perceptron(X, y, gamma, a, b):
+    """The Theorem 4 learner one example at a time in numpy (the reference for the batched one)."""
+    import numpy as np
+
+    w, mistakes, updates = np.zeros(X.shape[1]), 0, 0
+    for x, t in zip(X.numpy(), y.numpy()):
+        s = float(w @ x)
+        wrong = (1.0 if s > 0 else -1.0) != t
+        if wrong or t * s < gamma:
+            w += t * x * np.where(x > 0, b, a)
+            updates += 1
+        mistakes += wrong
+    return mistakes, updates
+
+
+@pytest.mark.parametrize("a,b,noise", [(1.0, 1.0, 0.0), (0.5, 2.0, 0.0), (1.0, 2.0, 0.03)])
+def test_theorem4_mistakes_stay_within_the_bound_and_match_a_plain_loop(a, b, noise):
+    out = theory.theorem4_experiment(10, 0.15, a, b, examples=600, noise=noise, seed=1, runs=3)
+    assert all(m <= bd for m, bd in zip(out["margin"]["mistakes"], out["bound"]))
+    assert all(u >= m for u, m in zip(out["margin"]["updates"], out["margin"]["mistakes"]))
+    assert out["mistakes"]["updates"] == out["mistakes"]["mistakes"]  # mistakes-only scheme
+    _, X, y, _ = theory.slack_data(10, 0.15, 600, torch_generator(1, "theorem4", 10, 0.15, noise),
+                                   noise=noise, runs=3)
+    for r in range(3):
+        assert _margin_perceptron(X[r], y[r], 0.15, a, b) == (out["margin"]["mistakes"][r],
+                                                              out["margin"]["updates"][r])
+        assert _margin_perceptron(X[r], y[r], 0.0, a, b)[0] == out["mistakes"]["mistakes"][r]
+
+
+def test_theorem4_refuses_a_bad_rule_or_margin():
+    with pytest.raises(PlasticityError, match="b >= a"):
+        theory.theorem4_experiment(5, 0.1, 2.0, 1.0, examples=10)
+    with pytest.raises(PlasticityError, match="gamma > 0"):
+        theory.theorem4_experiment(5, 0.0, 1.0, 1.0, examples=10)

@@ -270,7 +270,88 @@ def theorem3_experiment(n: int, gamma: float, a: float, b: float, *, examples: i
     }
 
 
+# ------------------------------------------------------------------------------ Theorem 4 (6.4)
+
+def slack_data(n: int, gamma: float, examples: int, gen: torch.Generator, *, radius: float = 1.0,
+               noise: float = 0.0, runs: int = 1) -> tuple[torch.Tensor, ...]:
+    """docs/paper.md 6.4 data, per run: a unit w* [n]; ``examples`` points uniform in the ball
+    ||x|| <= ``radius`` kept when |w* . x| >= gamma, labelled sign(w* . x), then a fraction
+    ``noise`` of the labels flipped (the slack). Returns w* [R, n], X [R, m, n], y [R, m] in
+    {-1, +1} and D^2 [R] = sum_i max(0, gamma - y_i w* . x_i)^2 (Freund & Schapire's D; the
+    flipped points are all of it). float64."""
+    ws, xs = [], []
+    for _ in range(runs):
+        w = torch.randn(n, generator=gen, dtype=torch.float64)
+        w = w / w.norm()
+        kept = torch.empty(0, n, dtype=torch.float64)
+        for _ in range(10_000):
+            if kept.shape[0] >= examples:
+                break
+            g = torch.randn(4 * examples, n, generator=gen, dtype=torch.float64)
+            u = torch.rand(4 * examples, 1, generator=gen, dtype=torch.float64)
+            cand = g / g.norm(dim=1, keepdim=True) * radius * u ** (1.0 / n)  # uniform in the ball
+            kept = torch.cat([kept, cand[(cand @ w).abs() >= gamma]])
+        if kept.shape[0] < examples:
+            raise PlasticityError(f"margin gamma={gamma} keeps too few points in the ball of "
+                                  f"radius {radius} in n={n}: lower gamma or raise the radius")
+        ws.append(w)
+        xs.append(kept[:examples])
+    w_star, X = torch.stack(ws), torch.stack(xs)
+    y = torch.sign(torch.einsum("rmn,rn->rm", X, w_star))
+    flip = torch.rand(y.shape, generator=gen, dtype=torch.float64) < noise
+    y = torch.where(flip, -y, y)
+    d = (gamma - y * torch.einsum("rmn,rn->rm", X, w_star)).clamp(min=0.0)
+    return w_star, X, y, (d**2).sum(1)
+
+
+def theorem4_experiment(n: int, gamma: float, a: float, b: float, *, examples: int = 2000,
+                        radius: float = 1.0, noise: float = 0.0, seed: int = 0,
+                        runs: int = 1) -> dict:
+    """docs/paper.md 6.4 (Theorem 4): a linear threshold unit (w = 0; predict +1 iff w . x > 0)
+    learns one online pass over slack data by r = [-a, a; b, -b] applied to every example that
+    is misclassified OR within gamma of the threshold (y w . x < gamma, on the raw scale of
+    w . x, where the theorem puts gamma), beside the same rule on mistakes only (Theorem 3's
+    scheme) on the same sequence. For real x we read the rule as Theorem 3's update with the
+    "fired" bit the sign of x_i: w_i += y b x_i where x_i > 0 and w_i += y a x_i where x_i <= 0
+    (on {-1, 1}^n exactly Theorem 3's; a = b is the perceptron with step b). ``runs`` tasks
+    (seeded by ``(seed, "theorem4")``) run as one batch.
+
+    The theorem's bound is O((b^2 / a^2)(R^2 + D^2 + 2 gamma) / gamma^2) with no constant
+    printed: ``bound`` is that expression with constant 1 and ``ratio`` = mistakes / bound.
+    Returns per task: mistakes and updates of both schemes, D^2, the final training accuracy."""
+    if not 0 < a <= b:
+        raise PlasticityError(f"Theorem 4 needs b >= a > 0, got a={a}, b={b}")
+    if gamma <= 0:
+        raise PlasticityError(f"Theorem 4 needs a margin gamma > 0, got {gamma}")
+    gen = torch_generator(seed, "theorem4", n, gamma, noise)
+    _, X, y, D2 = slack_data(n, gamma, examples, gen, radius=radius, noise=noise, runs=runs)
+    R, m, _ = X.shape
+    out = {"n": n, "gamma": gamma, "a": a, "b": b, "examples": m, "radius": radius,
+           "noise": noise, "seed": seed, "D2": D2.tolist()}
+    for name, threshold in (("margin", gamma), ("mistakes", 0.0)):
+        w = torch.zeros(R, n, dtype=torch.float64)
+        mistakes = torch.zeros(R, dtype=torch.int64)
+        updates = torch.zeros(R, dtype=torch.int64)
+        for i in range(m):
+            x, yi = X[:, i], y[:, i]
+            score = (w * x).sum(1)
+            wrong = torch.where(score > 0, 1.0, -1.0) != yi
+            update = wrong | (yi * score < threshold) if threshold > 0 else wrong
+            step = yi.unsqueeze(1) * x * torch.where(x > 0, x.new_full((), b), x.new_full((), a))
+            w += step * update.unsqueeze(1).to(w.dtype)
+            mistakes += wrong.to(torch.int64)
+            updates += update.to(torch.int64)
+        acc = (torch.where(torch.einsum("rmn,rn->rm", X, w) > 0, 1.0, -1.0) == y)
+        out[name] = {"mistakes": mistakes.tolist(), "updates": updates.tolist(),
+                     "train_accuracy": acc.to(torch.float64).mean(1).tolist()}
+    bound = (b / a) ** 2 * (radius**2 + D2 + 2 * gamma) / gamma**2
+    out["bound"] = bound.tolist()
+    out["ratio"] = (torch.tensor(out["margin"]["mistakes"], dtype=torch.float64) / bound).tolist()
+    return out
+
+
 __all__ = [
     "closed_form_mse", "closed_form_weights", "margin_data", "mse_optimal_output_rule",
-    "sign_pattern", "theorem1_experiment", "theorem3_experiment", "update_counts",
+    "sign_pattern", "slack_data", "theorem1_experiment", "theorem3_experiment",
+    "theorem4_experiment", "update_counts",
 ]
