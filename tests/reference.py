@@ -82,6 +82,25 @@ def first_argmax(v) -> int:
     return best
 
 
+def decide(logits, y: int, update_on: str, gamma: float = 0.0) -> tuple[bool, int]:
+    """Whether one example updates, and the class whose row gets the rule's second column:
+    the prediction (mistakes, all), or under a margin scheme the best-scoring wrong class (the
+    lowest index on ties), updating on a mistake or a margin z_y - z_runner below gamma (raw
+    ``margin``) or below gamma * (max z - min z) (``margin_rel``)."""
+    z = [float(v) for v in logits]
+    pred = first_argmax(z)
+    if update_on == "all":
+        return True, pred
+    if update_on == "mistakes":
+        return pred != y, pred
+    runner = None
+    for c in range(len(z)):
+        if c != y and (runner is None or z[c] > z[runner]):
+            runner = c
+    bar = gamma if update_on == "margin" else gamma * (max(z) - min(z))
+    return pred != y or z[y] - z[runner] < bar, runner
+
+
 def _change(w: np.ndarray, r: np.ndarray, eta: float, mode: str) -> np.ndarray:
     return w + eta * r if mode == "additive" else w * (1.0 + eta * r)
 
@@ -111,7 +130,7 @@ def fresh(V: int, n_classes: int, G, mode: str):
 
 def train_one(A, G, k, T, n_classes, rnn_table, out_table, x, y, order, *, eta=0.01,
               mode="additive", update_on="mistakes", output_rows="label_pred",
-              recurrence="paper", stats=None, firing="positive"):
+              recurrence="paper", stats=None, firing="positive", gamma=0.0):
     """Rule-based training of ONE network on the examples ``order`` (one at a time).
 
     Returns (W, U, number of updates); ``stats`` as in ``forward_one``."""
@@ -120,8 +139,8 @@ def train_one(A, G, k, T, n_classes, rnn_table, out_table, x, y, order, *, eta=0
     updates = 0
     for idx in order:
         logits, _, hist = forward_one(A, G, W, U, x[idx], k, T, recurrence, stats, firing)
-        pred = first_argmax(logits)
-        if update_on == "mistakes" and pred == y[idx]:
+        update, pred = decide(logits, int(y[idx]), update_on, gamma)
+        if not update:
             continue
         W, U = update_one(W, U, G, hist, int(y[idx]), pred, rnn_table, out_table, eta, mode,
                           output_rows)
@@ -222,7 +241,7 @@ def forward_torch(A, G, W, U, x, k: int, T: int, recurrence: str, margins: list 
 def episode_loss_one(A, G, k, T, n_classes, rnn_table, out_table, xs, ys, *, eta, mode="additive",
                      update_on="mistakes", output_rows="label_pred", recurrence="paper",
                      margins: list | None = None, firing: str = "positive",
-                     loss: str = "logits") -> torch.Tensor:
+                     loss: str = "logits", gamma: float = 0.0) -> torch.Tensor:
     """One meta-learning episode (docs/paper.md 3): fresh W, U; learn xs [B, d] one example at a time
     (differentiably in the rule tables); mean cross-entropy of the final weights on xs (of the
     logits, or with ``loss="softmax"`` of the softmax outputs, the reference code's loss)."""
@@ -240,13 +259,18 @@ def episode_loss_one(A, G, k, T, n_classes, rnn_table, out_table, xs, ys, *, eta
     for t in range(xs.shape[0]):
         logits, _, hist = forward_torch(A, G, W, U, xs[t], k, T, recurrence, margins, firing)
         ld = logits.detach()
-        pred = first_argmax(ld.tolist())
         y = int(ys[t])
+        update, pred = decide(ld.tolist(), y, update_on, gamma)
         if margins is not None:
             srt = torch.sort(ld, descending=True).values
             if srt.numel() > 1 and srt[0] != srt[1]:
                 margins.append(float(srt[0] - srt[1]))
-        if update_on == "mistakes" and pred == y:
+            if update_on in ("margin", "margin_rel") and first_argmax(ld.tolist()) == y \
+                    and srt[0] != srt[-1]:  # on a correct example the margin test decides too
+                bar = gamma if update_on == "margin" else gamma * float(srt[0] - srt[-1])
+                runner = max(float(v) for c, v in enumerate(ld) if c != y)
+                margins.append(abs(float(ld[y]) - runner - bar))
+        if not update:
             continue
         r = out_table[hist]  # [V, 2]
         rows = []
@@ -273,7 +297,7 @@ def episode_loss_one(A, G, k, T, n_classes, rnn_table, out_table, xs, ys, *, eta
 
 def meta_step_reference(nets, rnn_table, out_table, xs, ys, *, eta, mode="additive",
                         update_on="mistakes", output_rows="label_pred", margins=None,
-                        loss="logits"):
+                        loss="logits", gamma=0.0):
     """The meta-loss of one step, episode by episode in a Python loop, in float64: the mean over
     episodes of ``episode_loss_one``. xs: [E, B, d], ys: [E, B]; ``nets`` an engine batch of E
     networks (only its A, graph, k, T are read). Differentiable in the tables."""
@@ -286,5 +310,5 @@ def meta_step_reference(nets, rnn_table, out_table, xs, ys, *, eta, mode="additi
             A, G, nets.k, nets.T, nets.n_classes, rnn_table, out_table,
             xs[e].to(torch.float64), ys[e], eta=eta, mode=mode, update_on=update_on,
             output_rows=output_rows, recurrence=nets.recurrence, margins=margins,
-            firing=nets.firing, loss=loss)
+            firing=nets.firing, loss=loss, gamma=gamma)
     return total / E

@@ -66,6 +66,10 @@ def test_every_preset_of_every_command_builds(name, preset):
     (["train", "--set", "noequals"], "key=value"),
     (["train", "--set", "dataset=cifar", "--preset", "smoke"], "unknown dataset 'cifar'"),
     (["study", "fig3", "--set", "seeds=0"], "seeds=0"),
+    (["train", "--set", "update_on=margin", "--set", "gamma=-1"], "gamma=-1.0 must be >= 0"),
+    (["train", "--set", "update_on=margin"], "needs gamma > 0"),
+    (["meta-train", "--set", "gamma=0.5"], "applies to update_on=margin"),
+    (["evolve", "--set", "update_on=margin_rel", "--set", "gamma=-0.1"], "must be >= 0"),
 ])
 def test_bad_input_is_one_line_exit_2(args, needle, capsys, tmp_path):
     assert_one_line_error(in_process(capsys, *args, "--out", str(tmp_path / "o")), needle)
@@ -171,3 +175,19 @@ def test_a_study_runs_through_the_registered_handlers_tracked_as_child_runs(tmp_
     assert len(parent) == 1
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent[0].info.run_id]
     assert sorted(r.data.tags["plasticity.command"] for r in children) == ["meta-train"] * 2 + ["train"] * 4
+
+
+def test_a_margin_rule_is_learned_saved_and_trained_with_its_own_scheme(tmp_path, capsys):
+    """meta-train under update_on=margin saves the scheme with its gamma; train with the rule's
+    own scheme updates on more examples than the same tables on mistakes only."""
+    assert run(["meta-train", "--preset", "smoke", "--set", "update_on=margin", "--set",
+                "gamma=0.05", "--out", str(tmp_path / "mt"), "--no-progress", "--json"]) == 0
+    rule = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["rule"]
+    assert json.loads(Path(rule).read_text())["scheme"] == {
+        "update_on": "margin", "output_rows": "label_pred", "gamma": 0.05}
+    updates = {}
+    for scheme in ("rule", "mistakes"):
+        assert run(["train", "--preset", "smoke", "--rule", rule, "--set", f"update_on={scheme}",
+                    "--out", str(tmp_path / scheme), "--no-progress", "--json"]) == 0
+        updates[scheme] = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["updates"]
+    assert updates["rule"][0] > updates["mistakes"][0]

@@ -34,10 +34,10 @@ def _tables(T: int, with_rnn: bool, seed: int = 0):
     return rnn, out
 
 
-def _rule(T, rnn, out, mode, update_on, output_rows) -> Rule:
+def _rule(T, rnn, out, mode, update_on, output_rows, gamma=0.0) -> Rule:
     return Rule(T, LayerRule.from_table("output", T, out),
                 None if rnn is None else LayerRule.from_table("rnn", T, rnn), mode,
-                Scheme(update_on, output_rows))
+                Scheme(update_on, output_rows, gamma))
 
 
 # ------------------------------------------------------------------ (a) engine == reference
@@ -50,6 +50,29 @@ CASES = list(itertools.product((1, 3), ("mistakes", "all"), ("label_pred", "all"
 def test_rule_training_matches_reference(task, T, update_on, output_rows, mode, with_rnn):
     """Same final W, U and number of updates as the one-example-at-a-time float64 loop, for the
     adaptive chunk, chunk=1 and a fixed chunk, network by network."""
+    _check_against_reference(task, T, update_on, output_rows, mode, with_rnn)
+
+
+# margin schemes (Theorem 4): a mistake, or a correct example whose margin is below gamma
+MARGIN_CASES = [(1, "margin", 0.1, "label_pred", "additive", False),
+                (3, "margin", 0.1, "label_pred", "additive", True),
+                (3, "margin", 0.1, "all", "multiplicative", True),
+                (3, "margin_rel", 0.7, "label_pred", "additive", True),
+                (1, "margin_rel", 0.7, "all", "additive", False)]
+
+
+@pytest.mark.parametrize("T,update_on,gamma,output_rows,mode,with_rnn", MARGIN_CASES)
+def test_margin_scheme_training_matches_reference(task, T, update_on, gamma, output_rows, mode,
+                                                  with_rnn):
+    """The margin schemes equal the reference loop too, and learn other weights than the
+    mistakes-only scheme on the same stream (their correct-but-close updates happen)."""
+    U = _check_against_reference(task, T, update_on, output_rows, mode, with_rnn, gamma)
+    U_mistakes = _check_against_reference(task, T, "mistakes", output_rows, mode, with_rnn)
+    assert np.abs(U - U_mistakes).max() > 1e-3
+
+
+def _check_against_reference(task, T, update_on, output_rows, mode, with_rnn, gamma=0.0):
+    """Engine == reference for one scheme (chunks 0, 1, 7); returns the reference's U."""
     x, y = task
     neurons, k = V, K
     if mode == "multiplicative" and not with_rnn and T > 1:
@@ -58,12 +81,12 @@ def test_rule_training_matches_reference(task, T, update_on, output_rows, mode, 
         # a tie, decided by rounding (see the report). At V=40 it does not happen.
         neurons, k = 40, 20
     rnn, out = _tables(T, with_rnn, seed=T)
-    rule = _rule(T, rnn, out, mode, update_on, output_rows)
+    rule = _rule(T, rnn, out, mode, update_on, output_rows, gamma)
     nets = make_networks(N, D, CLASSES, neurons=neurons, k=k, p=0.5, T=T, seed=7, dtype=F64)
     order = example_orders(N, N_EX, 1, torch_generator(0, "order"))[:, :L]
     W_ref, U_ref, updates_ref, ties = ref.train_all(
         nets, rnn, out, x, y, order, eta=0.01, mode=mode, update_on=update_on,
-        output_rows=output_rows)
+        output_rows=output_rows, gamma=gamma)
     assert ties.sum() == 0, "the reference hit a cap tie: the comparison would be ill-posed"
     x_te, y_te = x[L:], y[L:]
     acc_ref = [ref.accuracy_one(ref.numpy64(nets.A[n]), ref.numpy64(nets.graph[n]), W_ref[n],
@@ -77,6 +100,7 @@ def test_rule_training_matches_reference(task, T, update_on, output_rows, mode, 
             np.testing.assert_allclose(res.W[n].numpy(), W_ref[n], rtol=0, atol=1e-10)
             np.testing.assert_allclose(res.U[n].numpy(), U_ref[n], rtol=0, atol=1e-10)
         np.testing.assert_allclose(res.test_accuracy, acc_ref, rtol=0, atol=1e-12)
+    return U_ref
 
 
 @pytest.mark.parametrize("T", [1, 3])
@@ -115,11 +139,13 @@ def test_classic_rule_matches_reference(task):
 
 
 META = dict(neurons=8, k=4, T=3, E=2, B=5, classes=3)
-SCHEMES = [("additive", "mistakes", "label_pred"), ("multiplicative", "all", "all"),
-           ("additive", "all", "label_pred")]
+SCHEMES = [("additive", "mistakes", "label_pred", 0.0), ("multiplicative", "all", "all", 0.0),
+           ("additive", "all", "label_pred", 0.0), ("additive", "margin", "label_pred", 0.3),
+           ("additive", "margin_rel", "label_pred", 0.9)]
 
 
-def _meta_setup(seed: int, tables, mode, update_on, output_rows, eta=0.05, margin=1e-5):
+def _meta_setup(seed: int, tables, mode, update_on, output_rows, eta=0.05, margin=1e-5,
+                gamma=0.0):
     """Networks and an episode batch whose discrete decisions (ReLU signs, cap boundaries,
     argmax) all sit at least ``margin`` away from a tie, so the loss is smooth around the tables.
     Tries seeds from ``seed`` on; returns (nets, xs, ys, seed used)."""
@@ -134,7 +160,7 @@ def _meta_setup(seed: int, tables, mode, update_on, output_rows, eta=0.05, margi
         with torch.no_grad():
             ref.meta_step_reference(nets, *tables, xs, ys, eta=eta, mode=mode,
                                     update_on=update_on, output_rows=output_rows,
-                                    margins=margins)
+                                    margins=margins, gamma=gamma)
         if min(margins) > margin:
             return nets, xs, ys, s
     raise AssertionError("no tie-free setup found")
@@ -146,21 +172,23 @@ def _random_tables(T, seed):
     return (torch.randn(S, S, generator=g, dtype=F64), torch.randn(S, 2, generator=g, dtype=F64))
 
 
-@pytest.mark.parametrize("mode,update_on,output_rows", SCHEMES)
-def test_episode_loss_matches_reference_and_gradcheck(mode, update_on, output_rows):
+@pytest.mark.parametrize("mode,update_on,output_rows,gamma", SCHEMES)
+def test_episode_loss_matches_reference_and_gradcheck(mode, update_on, output_rows, gamma):
     """episode_loss and its gradient w.r.t. both tables (T=3, 5-step unroll) equal the per-example
     reference, and pass torch.autograd.gradcheck."""
     rnn, out = _random_tables(META["T"], 3)
     eta = 0.05
-    nets, xs, ys, _ = _meta_setup(0, (rnn, out), mode, update_on, output_rows, eta=eta)
-    scheme = Scheme(update_on, output_rows)
+    nets, xs, ys, _ = _meta_setup(0, (rnn, out), mode, update_on, output_rows, eta=eta,
+                                  gamma=gamma)
+    scheme = Scheme(update_on, output_rows, gamma)
 
     def engine(r, o):
         return episode_loss(nets, r, o, xs, ys, eta=eta, mode=mode, scheme=scheme)
 
     def reference(r, o):
         return ref.meta_step_reference(nets, r, o, xs, ys, eta=eta, mode=mode,
-                                       update_on=update_on, output_rows=output_rows)
+                                       update_on=update_on, output_rows=output_rows,
+                                       gamma=gamma)
 
     r1, o1 = rnn.clone().requires_grad_(), out.clone().requires_grad_()
     r2, o2 = rnn.clone().requires_grad_(), out.clone().requires_grad_()
@@ -171,6 +199,10 @@ def test_episode_loss_matches_reference_and_gradcheck(mode, update_on, output_ro
         assert torch.allclose(a, b, rtol=1e-10, atol=1e-12)
     assert ge[0].abs().sum() > 0 and ge[1].abs().sum() > 0
     assert torch.autograd.gradcheck(engine, (r1, o1), eps=1e-6, atol=1e-6, rtol=1e-4)
+    if gamma > 0:  # a margin scheme: its correct-but-close updates changed the episode
+        plain = episode_loss(nets, rnn, out, xs, ys, eta=eta, mode=mode,
+                             scheme=Scheme("mistakes", output_rows))
+        assert abs(float(plain) - float(le)) > 1e-6
 
 
 def test_output_only_gradcheck_t1():

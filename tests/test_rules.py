@@ -3,6 +3,8 @@ and one-line PlasticityErrors for malformed files."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import os
 
@@ -119,7 +121,12 @@ def _assert_same(a: Rule, b: Rule) -> None:
         assert torch.equal(la.table(), lb.table())
 
 
-@pytest.mark.parametrize("make", [_table_rule, _mlp_rule, lambda: classic_rule("winnow", 2)])
+def _margin_rule() -> Rule:
+    return dataclasses.replace(_table_rule(), scheme=Scheme("margin_rel", "label_pred", 0.25))
+
+
+@pytest.mark.parametrize("make", [_table_rule, _mlp_rule, lambda: classic_rule("winnow", 2),
+                                  _margin_rule])
 def test_json_round_trip_is_exact(tmp_path, make):
     rule = make()
     path = save_rule(rule, tmp_path / "sub" / "rule.json")
@@ -287,6 +294,10 @@ MALFORMED = {
     "bad mode": _mutated(_good, _set("mode", "subtractive")),
     "bad scheme": _mutated(_good, _set("scheme", {"update_on": "sometimes"})),
     "scheme not an object": _mutated(_good, _set("scheme", "mistakes")),
+    "margin scheme without gamma": _mutated(_good, _set("scheme", {"update_on": "margin"})),
+    "negative gamma": _mutated(_good, _set("scheme", {"update_on": "margin", "gamma": -0.5})),
+    "gamma not a number": _mutated(_good, _set("scheme", {"update_on": "margin", "gamma": "x"})),
+    "gamma on the mistakes scheme": _mutated(_good, _set("scheme", {"gamma": 0.5})),
     "bad hidden": _mutated(_mlp_good, _set("output", "hidden", -3)),
     "MLP values inconsistent with params": _mutated(_mlp_good, _bump_mlp_values),
     "MLP weights of inconsistent shapes": _mutated(

@@ -14,6 +14,7 @@ from dataclasses import dataclass, fields
 from . import PlasticityError
 from .checks import check_choice, check_positive
 from .network import FIRINGS, INPUT_WEIGHTS, RECURRENCES, check_network_shape
+from .rules import Scheme, check_margin
 from .rules.tables import MODES, OUTPUT_ROWS, PARAMETRIZATIONS, UPDATE_ON
 
 DTYPES = ("float32", "float64")
@@ -61,13 +62,16 @@ class TrainConfig(Common):
     eval_every: int = 500  # examples between points of the accuracy curve
     eval_examples: int = 1000  # test examples per curve point (final accuracy uses n_test)
     chunk: int = 0  # examples run ahead per forward pass (0 = adaptive)
-    update_on: str = "rule"  # rule: the rule's own scheme | mistakes | all examples
+    update_on: str = "rule"  # rule: the rule's own scheme | mistakes | all examples | margin |
+    #                          margin_rel (a mistake or a margin below gamma: docs/rules.md)
     output_rows: str = "rule"  # rule: the rule's own scheme | label_pred | all output rows
+    gamma: float = 0.0  # the margin of update_on=margin | margin_rel (0 otherwise)
 
     def __post_init__(self):
         super().__post_init__()
         check_choice("update_on", self.update_on, ("rule", *UPDATE_ON))
         check_choice("output_rows", self.output_rows, ("rule", *OUTPUT_ROWS))
+        check_margin("mistakes" if self.update_on == "rule" else self.update_on, self.gamma)
         check_positive(self, "passes", "networks", "eval_every", "eval_examples")
         check_positive(self, "chunk", allow_zero=True)
 
@@ -79,8 +83,10 @@ class RuleSpaceConfig(Common):
 
     learn: str = "output"  # output rule alone | both: RNN + output jointly | rnn: RNN rule, perceptron output
     mode: str = "additive"  # additive | multiplicative rule application
-    update_on: str = "mistakes"  # mistakes | all examples
+    update_on: str = "mistakes"  # mistakes | all examples | margin | margin_rel (a mistake or a
+    #                              margin below gamma; raw logits or relative to their spread)
     output_rows: str = "label_pred"  # label_pred | all output rows
+    gamma: float = 0.0  # the margin of update_on=margin | margin_rel (0 otherwise)
     rnn_init: float = 1.0  # std of the initial RNN rule table (paper: N(0,1))
     output_init: float = 0.0  # std of the initial output rule table (paper: zeros)
     episodes: int = 16  # E: episodes per step, one batched computation
@@ -94,11 +100,16 @@ class RuleSpaceConfig(Common):
         check_choice("mode", self.mode, MODES)
         check_choice("update_on", self.update_on, UPDATE_ON)
         check_choice("output_rows", self.output_rows, OUTPUT_ROWS)
+        check_margin(self.update_on, self.gamma)
         check_positive(self, "episodes", "batch", "lr")
         check_positive(self, "weight_decay", "rnn_init", "output_init", allow_zero=True)
         if self.learn != "output" and self.T < 2:
             raise PlasticityError(f"learn={self.learn} needs T >= 2: with T=1 there is no "
                                   "recurrent step")
+
+    def scheme(self):
+        """The update scheme these fields name."""
+        return Scheme(self.update_on, self.output_rows, self.gamma)
 
     def rule_space(self) -> dict:
         """The fields of :class:`RuleSpaceConfig` (with :class:`Common`'s): what GD and evolution

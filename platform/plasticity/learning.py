@@ -194,7 +194,8 @@ class RuleLearner:
             return
         ys = y[order]
         ax, h1, bits1 = nets.first_round(x[order])  # [n, L, V]
-        on_all = self.rule.scheme.update_on == "all"
+        scheme = self.rule.scheme
+        on_all = scheme.update_on == "all"
         if n == 1:
             self._learn_one(g, nets, W, U, ax, h1, bits1, ys, on_all)
             return
@@ -206,9 +207,13 @@ class RuleLearner:
             offs = offs.clamp_(max=L - 1)
             sel = (rows_n.unsqueeze(1), offs)
             h, bits = nets.later_rounds(ax[sel], h1[sel], bits1[sel], W)
-            pred = torch.bmm(h, U.transpose(1, 2)).argmax(-1)
+            logits = torch.bmm(h, U.transpose(1, 2))
             yb = ys[sel]
-            trigger = valid if on_all else (pred != yb) & valid
+            if on_all:
+                pred, trigger = logits.argmax(-1), valid
+            else:  # a mistake (or, under a margin scheme, a small margin); pred: the row it changes
+                trigger, pred = scheme.triggers(logits, yb)
+                trigger &= valid
             has = trigger.any(1)
             first = torch.where(has, trigger.to(torch.int8).argmax(1), valid.sum(1))
             consumed = first + has.to(torch.int64)
@@ -233,11 +238,12 @@ class RuleLearner:
         while p < L:
             C = min(self._chunk_size(1), L - p)
             h, bits = nets.later_rounds(ax[:, p:p + C], h1[:, p:p + C], bits1[:, p:p + C], W)
-            pred = torch.bmm(h, ut).argmax(-1)[0]
+            logits = torch.bmm(h, ut)[0]
             if on_all:
-                f = 0
+                f, pred = 0, logits.argmax(-1)
             else:
-                wrong = (pred != ys[0, p:p + C]).nonzero()
+                trigger, pred = self.rule.scheme.triggers(logits, ys[0, p:p + C])
+                wrong = trigger.nonzero()
                 if wrong.numel() == 0:
                     p += C
                     self.seen += C

@@ -38,15 +38,15 @@ def unroll(nets: Networks, W, U, rnn_table, out_table, xs, ys, *, eta: float, mo
     for t in range(xs.shape[1]):
         logits, _, hist = nets.forward(xs[:, t:t + 1], W, U)
         hist = hist[:, 0]
-        pred = logits[:, 0].argmax(-1)
         y = ys[:, t]
-        if scheme.update_on == "mistakes":
-            wrong = pred != y
-            if skip_correct and not bool(wrong.any()):
-                continue
-            scale = wrong.to(W.dtype) * eta
-        else:
+        if scheme.update_on == "all":
+            pred = logits[:, 0].argmax(-1)
             scale = torch.full((N,), eta, dtype=W.dtype, device=W.device)
+        else:  # mistakes, or a margin scheme (decisions are constants of the gradient)
+            trigger, pred = scheme.triggers(logits[:, 0], y)
+            if skip_correct and not bool(trigger.any()):
+                continue
+            scale = trigger.to(W.dtype) * eta
         dU = output_delta(out_table, hist, y, pred, scale, nets.n_classes, scheme.output_rows)
         U = apply_delta(U, dU, mode)
         if rnn_table is not None:
@@ -161,7 +161,7 @@ class RuleParams:
 
         out = self.fixed_output if self.fixed_output is not None else snap(self.out, "output")
         rnn = snap(self.rnn, "rnn") if self.rnn else self.fixed_rnn
-        return Rule(cfg.T, out, rnn, cfg.mode, Scheme(cfg.update_on, cfg.output_rows), provenance)
+        return Rule(cfg.T, out, rnn, cfg.mode, cfg.scheme(), provenance)
 
 
 def _trainable(params: dict, device) -> dict:
@@ -212,7 +212,7 @@ def _meta_start(cfg: MetaConfig, data, device, fixed_rnn, progress, on_step, att
     x_tr, y_tr, _, _ = run_tensors(cfg, data, device)
     params = RuleParams(cfg, device, fixed_rnn=fixed_rnn, attempt=attempt)
     opt = torch.optim.Adam(params.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    scheme = Scheme(cfg.update_on, cfg.output_rows)
+    scheme = cfg.scheme()
     nets = run_networks(cfg, data, cfg.episodes, device, key="meta-networks")
     batches = episode_batches(cfg, x_tr.shape[0], device)
     provenance = {"method": "gd", "dataset": cfg.dataset, "config": to_dict(cfg)}

@@ -29,7 +29,7 @@ def run_train(cfg: TrainConfig, rule: Rule, *, device="cpu", data=None,
     has its own example order of ``cfg.passes`` passes. The rule's own scheme decides when updates
     happen unless ``cfg.update_on`` / ``cfg.output_rows`` name another (docs/paper.md 2.3, Fig. 6)."""
     rule.check_network(cfg.T)
-    rule = with_scheme(rule, cfg.update_on, cfg.output_rows)
+    rule = with_scheme(rule, cfg.update_on, cfg.output_rows, cfg.gamma)
     if data is None:
         data = load_dataset(cfg.dataset, data_seed=cfg.data_seed, inputs=cfg.inputs)
     x_tr, y_tr, x_te, y_te = run_tensors(cfg, data, device)
@@ -53,10 +53,14 @@ def dynamics_mismatch(rule: Rule, cfg) -> str | None:
     return None if not diffs else "the rule was learned with " + ", ".join(diffs)
 
 
-def with_scheme(rule: Rule, update_on: str = "rule", output_rows: str = "rule") -> Rule:
-    """``rule`` with its scheme overridden where the argument is not "rule"."""
-    scheme = Scheme(rule.scheme.update_on if update_on == "rule" else update_on,
-                    rule.scheme.output_rows if output_rows == "rule" else output_rows)
+def with_scheme(rule: Rule, update_on: str = "rule", output_rows: str = "rule",
+                gamma: float = 0.0) -> Rule:
+    """``rule`` with its scheme overridden where the argument is not "rule" (``gamma``: the
+    margin of an ``update_on`` margin scheme given here; the rule's own with "rule")."""
+    own = update_on == "rule"
+    scheme = Scheme(rule.scheme.update_on if own else update_on,
+                    rule.scheme.output_rows if output_rows == "rule" else output_rows,
+                    rule.scheme.gamma if own else gamma)
     return dataclasses.replace(rule, scheme=scheme)
 
 

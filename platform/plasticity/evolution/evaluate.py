@@ -25,7 +25,7 @@ from ..config import MetaConfig
 from ..experiment import run_networks, run_tensors
 from ..meta import RuleParams, episode_batches, episode_loss
 from ..network import Networks
-from ..rules import LayerRule, Rule, Scheme
+from ..rules import LayerRule, Rule
 from ..rules.classic import perceptron
 from ..rules.tables import table_shape
 
@@ -78,7 +78,7 @@ class RuleSpace:
         out_rule = (self.fixed_output if self.fixed_output is not None
                     else LayerRule.from_table("output", cfg.T, out[0].clone()))
         rnn_rule = None if rnn is None else LayerRule.from_table("rnn", cfg.T, rnn[0].clone())
-        return Rule(cfg.T, out_rule, rnn_rule, cfg.mode, Scheme(cfg.update_on, cfg.output_rows),
+        return Rule(cfg.T, out_rule, rnn_rule, cfg.mode, cfg.scheme(),
                     provenance)
 
 
@@ -100,7 +100,7 @@ class PopulationEvaluator:
         self.space = RuleSpace(cfg)
         self.x, self.y, _, _ = run_tensors(cfg, data, device)
         self.nets = run_networks(cfg, data, cfg.episodes, device, key="meta-networks")
-        self.scheme = Scheme(cfg.update_on, cfg.output_rows)
+        self.scheme = cfg.scheme()
         self._big: dict[int, Networks] = {}
 
     def _repeated(self, n: int) -> Networks:

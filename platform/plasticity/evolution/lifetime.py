@@ -33,7 +33,6 @@ import torch
 from .. import PlasticityError
 from ..learning import RuleLearner
 from ..network import Networks, make_networks
-from ..rules import Scheme
 from ..seeding import torch_generator
 from .evaluate import PopulationEvaluator, RuleSpace
 
@@ -66,7 +65,7 @@ class LifetimeEvaluator:
         self.xv, self.yv = x[pool:], y[pool:]
         self.dim, self.n_classes = data.dim, data.n_classes
         self.rule = self.space.rule(self.space.initial(), {})  # T, mode and scheme of the space
-        self.scheme = Scheme(self.meta.update_on, self.meta.output_rows)
+        self.scheme = self.meta.scheme()
 
     def networks(self, generation: int) -> Networks:
         """Generation ``generation``'s M networks (the same for every member)."""

@@ -9,12 +9,14 @@ table they evaluate to.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
 
 from .. import PlasticityError
 from .tables import (
+    MARGINS,
     MODES,
     OUTPUT_ROWS,
     PARAMETRIZATIONS,
@@ -24,12 +26,30 @@ from .tables import (
 )
 
 
+def check_margin(update_on: str, gamma: float) -> None:
+    """gamma belongs to the margin schemes (> 0 there, 0 elsewhere): a one-line error if not."""
+    if gamma < 0:
+        raise PlasticityError(f"gamma={gamma} must be >= 0 (the margin of update_on=margin)")
+    if update_on in MARGINS and gamma <= 0:
+        raise PlasticityError(f"update_on={update_on} needs gamma > 0 (--set gamma=...)")
+    if update_on not in MARGINS and gamma != 0:
+        raise PlasticityError(f"gamma={gamma} applies to update_on={' | '.join(MARGINS)} only "
+                              f"(update_on is {update_on})")
+
+
 @dataclass(frozen=True)
 class Scheme:
-    """When updates happen (docs/paper.md 2.3)."""
+    """When updates happen (docs/paper.md 2.3, docs/rules.md). ``update_on``: ``mistakes``
+    (default), ``all`` examples, or a margin scheme (Theorem 4): a mistake OR a correct example
+    whose logit margin z_y - max_{j != y} z_j is below ``gamma`` (``margin``: on the raw logit
+    scale U h the readout uses; ``margin_rel``: below gamma times the logits' spread max_j z_j -
+    min_j z_j, which does not grow with the weights). Under a margin scheme the second row an
+    update changes (``output_rows="label_pred"``) is the best-scoring wrong class, which on a
+    mistake is the prediction."""
 
-    update_on: str = "mistakes"  # "mistakes" (default) or "all" examples
+    update_on: str = "mistakes"
     output_rows: str = "label_pred"  # "label_pred" (default) or "all" output rows
+    gamma: float = 0.0  # the margin of update_on=margin | margin_rel
 
     def __post_init__(self):
         if self.update_on not in UPDATE_ON:
@@ -37,6 +57,26 @@ class Scheme:
         if self.output_rows not in OUTPUT_ROWS:
             raise PlasticityError(
                 f"unknown output_rows '{self.output_rows}': use one of {OUTPUT_ROWS}")
+        if isinstance(self.gamma, bool) or not isinstance(self.gamma, (int, float)) or \
+                not math.isfinite(self.gamma):
+            raise PlasticityError(f"gamma must be a finite number, got {self.gamma!r}")
+        check_margin(self.update_on, self.gamma)
+
+    def triggers(self, logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """logits [..., l], y [...] -> (update [...] bool, other [...] int64): which examples
+        update, and the class whose row gets the rule's second column (the prediction; under a
+        margin scheme the best-scoring wrong class)."""
+        pred = logits.argmax(-1)
+        if self.update_on == "all":
+            return torch.ones_like(y, dtype=torch.bool), pred
+        if self.update_on == "mistakes":
+            return pred != y, pred
+        yy = y.unsqueeze(-1)
+        z = logits.detach()
+        runner, other = z.scatter(-1, yy, float("-inf")).max(-1)
+        margin = z.gather(-1, yy).squeeze(-1) - runner
+        bar = self.gamma if self.update_on == "margin" else self.gamma * (z.amax(-1) - z.amin(-1))
+        return (pred != y) | (margin < bar), other
 
 
 @dataclass(frozen=True)

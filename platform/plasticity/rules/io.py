@@ -53,7 +53,8 @@ def rule_to_dict(rule: Rule) -> dict:
         "version": VERSION,
         "T": rule.T,
         "mode": rule.mode,
-        "scheme": {"update_on": rule.scheme.update_on, "output_rows": rule.scheme.output_rows},
+        "scheme": {"update_on": rule.scheme.update_on, "output_rows": rule.scheme.output_rows,
+                   **({"gamma": rule.scheme.gamma} if rule.scheme.gamma else {})},
         "output": layer(rule.output),
         "rnn": layer(rule.rnn),
         "provenance": rule.provenance,
@@ -143,7 +144,8 @@ def rule_from_dict(d, src: str = "rule") -> Rule:
             output=_layer(d.get("output"), "output", T, src),
             rnn=_layer(d.get("rnn"), "rnn", T, src),
             mode=d.get("mode", "additive"),
-            scheme=Scheme(**{k: scheme[k] for k in ("update_on", "output_rows") if k in scheme}),
+            scheme=Scheme(**{k: scheme[k] for k in ("update_on", "output_rows", "gamma")
+                             if k in scheme}),
             provenance=d.get("provenance") if isinstance(d.get("provenance"), dict) else {},
         )
     except PlasticityError as exc:

@@ -23,7 +23,8 @@ import torch
 from .. import PlasticityError
 
 MODES = ("additive", "multiplicative")
-UPDATE_ON = ("mistakes", "all")
+MARGINS = ("margin", "margin_rel")  # update on mistakes and within gamma of the runner-up
+UPDATE_ON = ("mistakes", "all", *MARGINS)
 OUTPUT_ROWS = ("label_pred", "all")
 
 
