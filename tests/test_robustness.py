@@ -181,6 +181,21 @@ def test_attack_command_smoke_writes_curves_and_reloads(capsys, tmp_path):
     assert code == 0 and json.loads(out)["clean_test_accuracy"] == res["clean_test_accuracy"]
 
 
+def test_gradient_free_attacks_are_not_stronger_than_pgd_on_a_gd_network(capsys, tmp_path):
+    """On a GD-trained network the input gradient is informative, so at small eps the attacks
+    that only query (ES, our Square, ART's Square and HopSkipJump) break no more than PGD does;
+    if they did, the gradients would be masked. (A rule-trained network is where that can fail.)"""
+    queries = ["es", "square", "art_square", "art_hsj"]
+    code, out, _ = _run(capsys, "--preset", "smoke", "--out", str(tmp_path), "--json", "--set",
+                        "train=gd", "--set", f"attacks=pgd_l2,{','.join(queries)}", "--set",
+                        "eps=0,0.25,0.5")
+    assert code == 0
+    raw = json.loads(out)["raw"]
+    assert raw["pgd_l2"][2] < raw["pgd_l2"][0]  # PGD breaks something at 0.5
+    for a in queries:
+        assert all(p <= q + 1e-9 for p, q in zip(raw["pgd_l2"], raw[a])), (a, raw)
+
+
 def test_double_softmax_loss_masks_gradients_of_large_logits(mnist, batch):
     """The same network with logits x1000 predicts the same; the paper's attack on the reference
     code's double-softmax loss then gets no gradient (saturated softmax) while on CE it works."""
@@ -195,3 +210,21 @@ def test_double_softmax_loss_masks_gradients_of_large_logits(mnist, batch):
     d_big, d_base = diagnostics(big, x, y), diagnostics(base, x, y)
     assert d_big["zero_ce_gradient"] > d_base["zero_ce_gradient"]
     assert d_base["h_T_vs_h_1"] == 0.0 and d_base["mean_W_on_edges"] == 0.0  # T = 1: no recurrence
+
+
+def test_bpda_surrogate_keeps_the_forward_and_gives_the_cap_a_gradient(mnist, batch):
+    """Networks.relax changes no value (logits, verdicts) but the input gradient: units outside
+    the cap, which the exact gradient ignores, contribute."""
+    from plasticity.robustness.attacks import margin
+
+    net = _net(mnist, 3)
+    x, y = batch
+    relaxed = net.relaxed(0.5)
+    assert torch.equal(relaxed.logits(x), net.logits(x))
+    grads = []
+    for model in (net, relaxed):
+        xg = x.clone().requires_grad_(True)
+        (g,) = torch.autograd.grad(margin(model.logits(xg), y).sum(), xg)
+        grads.append(g)
+    assert (grads[0] - grads[1]).abs().max() > 1e-3 * grads[0].abs().max()
+    assert net.nets.relax == 0.0  # the attacked network itself is untouched

@@ -4,7 +4,6 @@ and one-line PlasticityErrors for malformed files."""
 from __future__ import annotations
 
 import dataclasses
-
 import json
 import os
 

@@ -69,6 +69,9 @@ class Networks:
     n_classes: int
     recurrence: str = "paper"
     firing: str = "positive"
+    # > 0: a straight-through surrogate gradient for the cap (BPDA, attacks only; the forward is
+    # unchanged): see :meth:`_fire`. 0: the exact gradient (through the kept units only)
+    relax: float = 0.0
 
     @property
     def n(self) -> int:
@@ -118,19 +121,36 @@ class Networks:
         h, bits = self.later_rounds(ax, h, bits, W, trace)
         return h, bits.to(torch.int64)
 
-    def _fire(self, r: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The cap of one round: (h, fired) from r = ReLU(z)."""
+    def _fire(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The ReLU and the cap of one round: (h, fired) from the pre-activation z.
+
+        With ``relax`` > 0 the values are the same, but the gradient is that of the smooth
+        z * sigmoid((z - theta) / (relax * s)), theta midway between the k-th and (k+1)-th
+        largest ReLU(z) of the row and s the row's std of z: units just outside the cap, or
+        below 0, get a gradient (a straight-through / BPDA surrogate, Athalye et al. 2018, for
+        attacks that must see past the cap's selection)."""
+        r = torch.relu(z)
         if self.firing == "topk":
             kept = topk_mask(r, self.k)
-            return r * kept, kept
-        h = cap(r, self.k)
-        return h, h > 0
+            h = r * kept
+        else:
+            h = cap(r, self.k)
+            kept = h > 0
+        if self.relax > 0:
+            with torch.no_grad():
+                top = torch.topk(r, min(self.k + 1, r.shape[-1]), dim=-1).values
+                theta = top[..., -2:].mean(-1, keepdim=True) if self.k < r.shape[-1] else \
+                    top[..., -1:] - 1.0
+                s = z.std(-1, keepdim=True).clamp_min(1e-12) * self.relax
+            soft = z * torch.sigmoid((z - theta) / s)
+            h = h + (soft - soft.detach())
+        return h, kept
 
     def first_round(self, x: torch.Tensor, trace: list | None = None):
         """Round 1, which does not depend on W: x [N, B, d] -> (A x, h_1, histories so far as
         uint8 [N, B, V])."""
         ax = torch.matmul(x, self.A.transpose(1, 2))
-        h, fired = self._fire(torch.relu(ax))
+        h, fired = self._fire(ax)
         if trace is not None:
             trace.append((h, ax))
         return ax, h, fired.to(torch.uint8)
@@ -146,7 +166,7 @@ class Networks:
                 z = torch.baddbmm(ax, h, wt)
             else:
                 z = torch.bmm(h + ax, wt)
-            h, fired = self._fire(torch.relu(z))
+            h, fired = self._fire(z)
             if trace is not None:
                 trace.append((h, ax))
             bits = torch.add(fired, bits, alpha=2)  # 2 * bits + fired, in uint8 (T <= 8)

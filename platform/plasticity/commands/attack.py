@@ -47,13 +47,17 @@ class AttackConfig(Common):
     n_attack: int = 100  # random test examples attacked (docs/paper.md 5.4: 100)
     eps: str = ALL_EPS  # radii of the threat ball, comma-separated, >= 0
     norm: str = "l2"  # threat model: l2 (the paper) | linf
-    attacks: str = "paper,fgsm,pgd_linf,pgd_l2,square"  # + paper_ds, transfer (attacks.ATTACKS)
+    attacks: str = "paper,fgsm,pgd_linf,pgd_l2,square"  # + paper_ds, transfer, bpda, es, art_apgd_ce,
+    #                                                     art_apgd_dlr, art_square, art_hsj (ATTACKS)
     steps: int = 50  # PGD steps per restart
     step_scale: float = 2.5  # PGD step size = step_scale * eps / steps
     restarts: int = 3  # PGD restarts
     paper_steps: int = 50  # the paper's attack: steps per target
     paper_alpha: float = 0.1  # the paper's attack: raw-gradient step size (not given by the paper)
-    queries: int = 1000  # gradient-free random search: queries
+    queries: int = 1000  # gradient-free random search: queries (ART Square: iterations; HSJ: per iteration)
+    relax: float = 0.5  # bpda: temperature of the cap's straight-through surrogate (x the row's std)
+    es_samples: int = 32  # es: antithetic pairs per step (2 x this queries per step)
+    es_sigma: float = 0.5  # es: probe scale, x the radius per coordinate
     images: int = 4  # adversarial examples kept per eps for the picture
 
     def __post_init__(self):
@@ -61,7 +65,8 @@ class AttackConfig(Common):
         check_choice("train", self.train, ("rule", "gd"))
         check_choice("gd_method", self.gd_method, ("full", "output"))
         check_positive(self, "passes", "gd_lr", "gd_batch", "n_attack", "steps", "step_scale",
-                  "restarts", "paper_steps", "paper_alpha", "queries")
+                  "restarts", "paper_steps", "paper_alpha", "queries", "relax", "es_samples",
+                  "es_sigma")
         check_positive(self, "images", allow_zero=True)
         if any(e < 0 for e in self.eps_list):
             raise PlasticityError(f"eps='{self.eps}' has a negative radius: every eps must be >= 0")
@@ -77,7 +82,7 @@ class AttackConfig(Common):
 
     def budget(self) -> Budget:
         return Budget(self.steps, self.step_scale, self.restarts, self.paper_steps,
-                      self.paper_alpha, self.queries)
+                      self.paper_alpha, self.queries, self.relax, self.es_samples, self.es_sigma)
 
 
 PRESETS = {

@@ -42,6 +42,16 @@ class FrozenNet:
     def n_classes(self) -> int:
         return self.nets.n_classes
 
+    def relaxed(self, relax: float) -> FrozenNet:
+        """The same network (same forward values, same verdicts) whose gradient goes through a
+        straight-through surrogate of the cap (``Networks.relax``, BPDA)."""
+        import copy
+        import dataclasses
+
+        twin = copy.copy(self)  # the same class (and whatever it overrides)
+        twin.nets = dataclasses.replace(self.nets, relax=relax)
+        return twin
+
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """Differentiable in x. x: [B, d] -> [B, l]."""
         return self.nets.forward(x.unsqueeze(0), self.W, self.U)[0][0]
@@ -178,7 +188,7 @@ def random_in_ball(shape, eps: float, norm: str, gen) -> torch.Tensor:
     return v * eps * torch.rand(B, 1, generator=gen) ** (1.0 / d)
 
 
-def _side(d: int) -> tuple[int, int]:
+def image_side(d: int) -> tuple[int, int]:
     """(height, width) of an input: square images (MNIST 28 x 28), else a 1 x d strip."""
     h = math.isqrt(d)
     return (h, h) if h * h == d else (1, d)
@@ -193,7 +203,7 @@ def square(model: FrozenNet, x, y, eps: float, *, norm: str = "linf", queries: i
     (simplified, not the paper's Square-L2): a Gaussian window of norm ~ sqrt(p) * eps is added,
     then the sum is projected onto the ball. One forward pass per query for all examples."""
     B, d = x.shape
-    h, w = _side(d)
+    h, w = image_side(d)
     if norm == "linf":
         cols = torch.randint(0, 2, (B, 1, w), generator=gen).float() * 2 - 1
         delta = (cols.expand(B, h, w).reshape(B, d) * eps).to(x)
@@ -239,6 +249,63 @@ def _unit(v: torch.Tensor) -> torch.Tensor:
     return v / v.norm(dim=1, keepdim=True).clamp_min(1e-12)
 
 
+def bpda(model: FrozenNet, x, y, eps: float, *, relax: float = 0.5, **kw):
+    """PGD on the margin with the cap's gradient replaced by a straight-through surrogate
+    (``FrozenNet.relaxed``): units just outside the cap, which the exact gradient ignores, steer
+    the steps. The forward pass, and so every verdict, is the exact network's."""
+    return pgd(model.relaxed(relax), x, y, eps, **kw)
+
+
+def es_margin(model: FrozenNet, x, y, eps: float, *, norm: str = "l2", steps: int = 50,
+              step_scale: float = 2.5, samples: int = 32, sigma: float = 0.5,
+              gen: torch.Generator | None = None, lo=0.0, hi=1.0, **_):
+    """Gradient-free PGD: the margin's gradient estimated from its values only, by antithetic
+    Gaussian sampling (NES, Ilyas et al. 2018; the estimator Tramer et al. 2020 use against
+    k-winners-take-all): g = sum_i (m(x + s u_i) - m(x - s u_i)) u_i / (2 n s), n = ``samples``
+    pairs, s = ``sigma`` x the radius per coordinate (eps / sqrt(d) in L2, eps in L-inf), so the
+    probes cross the cap's discontinuities that hide the exact gradient. Steps as :func:`pgd`;
+    2 n queries per step; an example is broken if an iterate is misclassified."""
+    B, d = x.shape
+    s = sigma * (eps / math.sqrt(d) if norm == "l2" else eps)
+    alpha = step_scale * eps / max(steps, 1)
+    cur, best = x.clone(), x.clone()
+    broken = torch.zeros(B, dtype=torch.bool, device=x.device)
+    for step in range(steps + 1):
+        act = (~broken).nonzero().squeeze(1)
+        if act.numel() == 0 or eps == 0:
+            break
+        with torch.no_grad():
+            hit = model.logits(cur[act]).argmax(-1) != y[act]
+        best[act[hit]] = cur[act[hit]]
+        broken[act[hit]] = True
+        act = act[~hit]
+        if step == steps or act.numel() == 0:
+            break
+        n = act.numel()
+        u = torch.randn(n, samples, d, generator=gen).to(x)
+        probes = torch.cat([cur[act, None] + s * u, cur[act, None] - s * u], 1)
+        if lo is not None:
+            probes = probes.clamp(lo, hi)
+        with torch.no_grad():
+            m = margin(model.logits(probes.reshape(-1, d)), y[act].repeat_interleave(2 * samples))
+        m = m.view(n, 2, samples)
+        g = ((m[:, 0] - m[:, 1])[..., None] * u).sum(1) / (2 * samples * s)
+        step_dir = g.sign() if norm == "linf" else g / g.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        cur[act] = project(cur[act] - alpha * step_dir, x[act], eps, norm, lo, hi)
+    return best, broken
+
+
+def _art(name: str):
+    """An attack of plasticity.robustness.art_attacks, imported when first run (ART is heavy)."""
+    def run(*args, **kw):
+        from . import art_attacks
+
+        return getattr(art_attacks, name)(*args, **kw)
+
+    run.__name__ = name
+    return run
+
+
 def transfer(model: FrozenNet, x, y, eps: float, *, surrogate: FrozenNet, norm: str = "l2",
              **kw):
     """Transfer attack: PGD crafted on ``surrogate`` (e.g. the GD-trained network), judged on
@@ -255,6 +322,14 @@ def paper_double_softmax(model: FrozenNet, x, y, eps: float, **kw):
 def _paper_budget(budget) -> dict:
     """The paper's attack takes its own step count and raw-gradient step size from the budget."""
     return {"steps": budget.paper_steps, "alpha": budget.paper_alpha}
+
+
+def _bpda_budget(budget) -> dict:
+    return {"relax": budget.relax}
+
+
+def _es_budget(budget) -> dict:
+    return {"samples": budget.es_samples, "sigma": budget.es_sigma}
 
 
 # What an attack needs of the attacked network: its input gradients, only its outputs (queries),
@@ -303,4 +378,19 @@ ATTACKS: dict[str, Attack] = {
                      "gradient-free random search on the margin (Square-attack style)"),
     "transfer": Attack(transfer, "threat", "surrogate",
                        "PGD crafted on a surrogate network, judged on the attacked one"),
+    # adaptive attacks for the k-cap (Tramer et al. 2020 on k-winners-take-all)
+    "bpda": Attack(bpda, "threat", "gradients",
+                   "PGD on the margin through a straight-through (BPDA) surrogate of the cap",
+                   budget=_bpda_budget),
+    "es": Attack(es_margin, "threat", "queries",
+                 "PGD along an antithetic ES estimate of the margin gradient (values only)",
+                 budget=_es_budget),
+    # reference implementations from IBM's adversarial-robustness-toolbox (art_attacks.py)
+    "art_apgd_ce": Attack(_art("art_apgd"), "threat", "gradients",
+                          "ART AutoPGD on the cross-entropy"),
+    "art_apgd_dlr": Attack(_art("art_apgd_dlr"), "threat", "gradients",
+                           "ART AutoPGD on the DLR loss (CE with 2 classes)"),
+    "art_square": Attack(_art("art_square"), "threat", "queries", "ART Square attack (queries)"),
+    "art_hsj": Attack(_art("art_hsj"), "threat", "queries",
+                      "ART HopSkipJump, decision-based (labels only)"),
 }

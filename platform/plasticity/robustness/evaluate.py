@@ -35,7 +35,10 @@ class Budget:
     restarts: int = 3  # PGD restarts (restart 0 from the FGSM point / from x)
     paper_steps: int = 50  # steps of the paper's targeted attack (per target)
     paper_alpha: float = 0.1  # its raw-gradient step size (docs/paper.md 5.4: not given by the paper)
-    queries: int = 1000  # queries of the gradient-free random search
+    queries: int = 1000  # queries of the gradient-free random search (ART Square, HSJ: per iteration)
+    relax: float = 0.5  # BPDA: the cap surrogate's temperature (x the row's std of z)
+    es_samples: int = 32  # ES attack: antithetic pairs per step (2 x this queries per step)
+    es_sigma: float = 0.5  # ES attack: probe scale, x the radius per coordinate
 
 
 def attack_radius(attack: str, threat: str, eps: float, dim: int) -> tuple[str, float]:

@@ -1,0 +1,115 @@
+"""Reference attacks from IBM's adversarial-robustness-toolbox (ART) on the same frozen networks.
+
+ART is a well-kept implementation of the attacks the literature uses to audit defences, so our
+own attacks are cross-checked against it on the same networks and images (the robustness issue:
+"their curves go in the report beside ours and into the worst case"):
+
+- ``art_apgd_ce`` / ``art_apgd_dlr``: AutoPGD (Croce & Hein 2020) on the cross-entropy and on the
+  difference-of-logits-ratio loss (DLR needs >= 3 classes; with 2 it falls back to CE, said in
+  the result's budget line);
+- ``art_square``: the Square attack (Andriushchenko et al. 2020), gradient-free (queries);
+- ``art_hsj``: HopSkipJump (Chen et al. 2020), decision-based: it sees only predicted labels.
+
+The frozen network is wrapped as a ``torch.nn.Module`` whose input is image-shaped
+[B, 1, h, w] (Square needs images; a non-square input d is a 1 x d strip) and flattened before
+the engine's own forward pass, so ART differentiates exactly what our gradient attacks do.
+HopSkipJump minimises the distance rather than staying in a ball: its points beyond eps are
+projected onto the ball and re-judged, so what it returns is a valid example at eps or not broken.
+Every returned point is re-checked by the frozen network's own forward pass (``broken``). ART
+draws from NumPy's global generator: it is seeded from ``gen`` before each run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+
+import numpy as np
+import torch
+
+from .attacks import FrozenNet, image_side, project
+
+for _name in ("art", "art.attacks", "art.estimators"):
+    logging.getLogger(_name).setLevel(logging.ERROR)
+
+
+class _Flat(torch.nn.Module):
+    """[B, 1, h, w] -> the frozen network's logits [B, l]."""
+
+    def __init__(self, model: FrozenNet):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.logits(x.reshape(x.shape[0], -1).to(self.model.nets.A.dtype))
+
+
+def _classifier(model: FrozenNet, x: torch.Tensor, eps: float, lo, hi):
+    from art.estimators.classification import PyTorchClassifier
+
+    h, w = image_side(x.shape[1])
+    # unbounded inputs (synthetic sets): a box every point of the eps ball lies in, so ART's
+    # clipping never binds
+    clip = (float(lo), float(hi)) if lo is not None else (float(x.min()) - eps, float(x.max()) + eps)
+    return PyTorchClassifier(model=_Flat(model), loss=torch.nn.CrossEntropyLoss(),
+                             input_shape=(1, h, w), nb_classes=model.n_classes, clip_values=clip,
+                             device_type="gpu" if x.is_cuda else "cpu"), (1, h, w)
+
+
+def _seed(gen: torch.Generator | None) -> None:
+    np.random.seed(0 if gen is None else int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
+
+
+def _run(make_attack, model: FrozenNet, x, y, eps: float, norm: str, gen, lo, hi):
+    """Build the ART attack on the wrapped network, run it, project onto the ball, re-judge."""
+    clf, shape = _classifier(model, x, eps, lo, hi)
+    attack = make_attack(clf, np.inf if norm == "linf" else 2)
+    _seed(gen)
+    xs = x.detach().cpu().numpy().astype(np.float32).reshape(-1, *shape)
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        adv = attack.generate(x=xs, y=y.cpu().numpy())
+    x_adv = torch.from_numpy(np.asarray(adv, dtype=np.float32)).reshape(x.shape).to(x)
+    x_adv = project(x_adv, x, eps, norm, lo, hi)  # HSJ's far points; float32 rounding for all
+    return x_adv, model.predict(x_adv) != y
+
+
+def art_apgd(model: FrozenNet, x, y, eps: float, *, norm: str = "l2", steps: int = 50,
+             restarts: int = 3, loss: str = "cross_entropy", gen=None, lo=0.0, hi=1.0, **_):
+    """ART's AutoPGD, untargeted, ``steps`` iterations, ``restarts`` random starts."""
+    from art.attacks.evasion import AutoProjectedGradientDescent
+
+    loss = "cross_entropy" if model.n_classes < 3 else loss  # DLR is defined for >= 3 classes
+    return _run(lambda clf, n: AutoProjectedGradientDescent(
+        clf, norm=n, eps=eps, eps_step=2 * eps / max(steps, 1), max_iter=steps, targeted=False,
+        nb_random_init=max(1, restarts), batch_size=max(1, x.shape[0]), loss_type=loss,
+        verbose=False), model, x, y, eps, norm, gen, lo, hi)
+
+
+def art_apgd_dlr(model: FrozenNet, x, y, eps: float, **kw):
+    """AutoPGD on the DLR loss (scale-free in the logits, so large logits do not hide it)."""
+    return art_apgd(model, x, y, eps, **{**kw, "loss": "difference_logits_ratio"})
+
+
+def art_square(model: FrozenNet, x, y, eps: float, *, norm: str = "l2", queries: int = 1000,
+               gen=None, lo=0.0, hi=1.0, **_):
+    """ART's Square attack, ``queries`` iterations (one query each), one restart."""
+    from art.attacks.evasion import SquareAttack
+
+    return _run(lambda clf, n: SquareAttack(clf, norm=n, eps=eps, max_iter=queries, nb_restarts=1,
+                                            batch_size=max(1, x.shape[0]), verbose=False),
+                model, x, y, eps, norm, gen, lo, hi)
+
+
+def art_hsj(model: FrozenNet, x, y, eps: float, *, norm: str = "l2", queries: int = 1000,
+            gen=None, lo=0.0, hi=1.0, **_):
+    """ART's HopSkipJump (labels only): ``queries`` // 100 iterations (at least 1, 10 at the
+    default 1,000) of at most ``queries`` gradient-estimate evaluations each. ART runs it one
+    example at a time, so it is the slowest attack of the suite."""
+    from art.attacks.evasion import HopSkipJump
+
+    return _run(lambda clf, n: HopSkipJump(clf, batch_size=max(1, x.shape[0]), targeted=False,
+                                           norm=n, max_iter=max(1, queries // 100),
+                                           max_eval=queries, init_eval=min(100, queries),
+                                           init_size=min(100, queries), verbose=False),
+                model, x, y, eps, norm, gen, lo, hi)
