@@ -233,7 +233,9 @@ def _first_last(per_trial: dict, spans: dict, n: int = 100) -> dict:
                 "median_ms": round(statistics.median(xs), 2), "max_ms": round(max(xs), 2)}
 
     first, last = stats(costs[:n]), stats(costs[-n:])
-    return {"first": first, "last": last,
+    tenth = max(1, len(costs) // 10)  # the trend across the sweep, against noise from the load
+    deciles = [round(statistics.median(costs[i:i + tenth]), 1) for i in range(0, len(costs), tenth)]
+    return {"first": first, "last": last, "median_ms_by_decile": deciles,
             "last_over_first_median": round(last["median_ms"] / first["median_ms"], 3)}
 
 
