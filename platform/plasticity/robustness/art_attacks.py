@@ -28,7 +28,7 @@ import logging
 import numpy as np
 import torch
 
-from .attacks import FrozenNet, image_side, project
+from .frozen import FrozenNet, image_side, project
 
 for _name in ("art", "art.attacks", "art.estimators"):
     logging.getLogger(_name).setLevel(logging.ERROR)
