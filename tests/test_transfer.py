@@ -79,7 +79,11 @@ def test_transfer_command_smoke_writes_matrix_and_curves(capsys, tmp_path):
     assert len(cell["runs"]) == 2 and cell["learned_on"] == "halfspace" and "gd" in cell
     for f in ("matrix_40x20x1.png", "matrix_40x20x3.png", "curves.png", "report.md"):
         assert (tmp_path / f).is_file(), f
-    assert "fig3_T1->T3 (halfspace)" in (tmp_path / "report.md").read_text()
+    report = (tmp_path / "report.md").read_text()
+    assert "fig3_T1->T3 (halfspace)" in report and "Recurrence diagnostics" in report
+    diag = res["cells"]["fig3_T1->T3|relu1|40x20x3"]["diagnostics"]
+    assert 0 <= diag["h_T_differs"] <= 1 and "W_mean" in diag
+    assert "diagnostics" not in res["cells"]["fig3_T1|relu1|40x20x1"]
     assert "transfer/fig3_T1/40x20x1/halfspace" in (tmp_path / "events.jsonl").read_text()
 
 

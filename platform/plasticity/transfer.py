@@ -91,6 +91,7 @@ class CellResult:
     examples: list[int]  # curve x: examples seen
     curve: np.ndarray  # [points, N] accuracy on the eval subset
     gd: object = None  # baselines.BaselineResult on the same networks and orders, or None
+    diagnostics: dict | None = None  # T >= 2: dynamics.recurrence_diagnostics, mean over runs
 
 
 def transfer_cell(rule: Rule, data, *, neurons: int, k: int, T: int, seeds: int, orders: int,
@@ -122,4 +123,10 @@ def transfer_cell(rule: Rule, data, *, neurons: int, k: int, T: int, seeds: int,
     if gd != "none":
         gd_res = train_gd(nets, x_tr, y_tr, x_te, y_te, order=order, method=gd, batch=gd_batch,
                           lr=gd_lr, eval_every=eval_every, eval_examples=eval_examples, seed=seed)
-    return CellResult(res.test_accuracy, res.updates, res.examples, res.curve, gd_res)
+    diag = None
+    if T > 1:  # does the recurrence change what the trained networks compute? (1,000 test examples)
+        from .dynamics import recurrence_diagnostics
+
+        d = recurrence_diagnostics(nets, res.W, x_te[:1000])
+        diag = {k: float(np.mean(v)) for k, v in d.items() if k != "active_by_round"}
+    return CellResult(res.test_accuracy, res.updates, res.examples, res.curve, gd_res, diag)

@@ -185,6 +185,8 @@ def transfer_handler(cfg: TransferConfig, ctx) -> dict:
                     "curve_std": (c.gd.curve.std(1) * 100).tolist()}
             if (dataset, v, k, T) in gd_cache:
                 cell["gd"] = gd_cache[dataset, v, k, T]
+            if c.diagnostics is not None:
+                cell["diagnostics"] = c.diagnostics
             cells[f"{label}|{dataset}|{shape}"] = cell
             sink.metrics({f"transfer/{label}/{shape}/{dataset}": cell["mean"] / 100})
             gd_txt = f"; GD {cell['gd']['mean']:.1f}" if "gd" in cell else ""
@@ -230,6 +232,18 @@ def report(result: dict) -> str:
                 s += f" [{c['gd']['mean']:.1f}]" if "gd" in c else ""
                 txt.append(s)
             lines.append(f"| {src} ({first['learned_on']}) | " + " | ".join(txt) + " |")
+        lines.append("")
+    diag = [c for c in cells if "diagnostics" in c]
+    if diag:
+        lines += ["## Recurrence diagnostics of the T >= 2 cells (mean over runs, 1,000 test "
+                  "examples; docs/dynamics.md)", "",
+                  "| source | shape | target | h_T differs from h_1 | silent rounds | W mean on "
+                  "edges | W std | ||W h|| / ||A x|| |", "|---|---|---|---|---|---|---|---|"]
+        for c in diag:
+            d = c["diagnostics"]
+            lines.append(f"| {c['source']} | {c['shape']} | {c['target']} | "
+                         f"{d['h_T_differs']:.2f} | {d['silent_rounds']:.2f} | "
+                         f"{d['W_mean']:+.3g} | {d['W_std']:.3g} | {d['Wh_vs_Ax']:.3g} |")
         lines.append("")
     return "\n".join(lines)
 
