@@ -105,3 +105,43 @@ def test_a_sweep_that_loses_a_node_restarts_its_trial_from_the_checkpoint(tmp_pa
         assert _by_strategy(out) == _by_strategy(clean)
     finally:
         cluster.shutdown()
+
+
+@pytest.mark.slow  # ~60 s: a lifetime evolution in process, then on a 2-node cluster
+def test_lifetime_evolution_on_a_cluster_that_loses_a_node_equals_in_process(tmp_path):
+    """Two actors spread over two nodes; the worker node removed mid-run: its actor is replaced
+    on the head, and the evolved rule and every generation equal the in-process run's."""
+    from ray.cluster_utils import Cluster
+
+    evolve = ["evolve", "--preset", "lifetime-smoke", "--set", "generations=30", "--seed", "3",
+              "--tracking-uri", "none", "--no-progress"]
+    env = {**os.environ, "PYTHONPATH": f"{ROOT / 'platform'}{os.pathsep}{ROOT}",
+           "OMP_NUM_THREADS": "1"}
+    local = subprocess.run([sys.executable, "-m", "plasticity", *evolve, "--out",
+                            str(tmp_path / "local")], env=env, capture_output=True, text=True)
+    assert local.returncode == 0, local.stderr[-3000:]
+    cluster = Cluster(initialize_head=True,
+                      head_node_args={"num_cpus": 2, "include_dashboard": False})
+    try:
+        worker = cluster.add_node(num_cpus=1)
+        out = tmp_path / "cluster"
+        proc = subprocess.Popen([sys.executable, "-m", "plasticity", *evolve, "--set", "workers=2",
+                                 "--address", cluster.address, "--out", str(out)], env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.time() + 240
+        while _generation(out) < 3:
+            assert proc.poll() is None, proc.stderr.read()[-3000:]
+            assert time.time() < deadline, "the evolution did not start"
+            time.sleep(0.1)
+        cluster.remove_node(worker)
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err[-3000:]
+    finally:
+        cluster.shutdown()
+    a, b = (json.loads((tmp_path / d / "result.json").read_text()) for d in ("local", "cluster"))
+    assert b["replaced_actors"] >= 1 and a["replaced_actors"] == 0
+    rules = [json.loads((d / "rule.json").read_text()) for d in (tmp_path / "local", out)]
+    assert [(r["output"], r["rnn"]) for r in rules[:1]] == [(r["output"], r["rnn"]) for r in rules[1:]]
+    strip = lambda h: [{k: v for k, v in g.items() if "seconds" not in k} for g in h]  # noqa: E731
+    assert strip(json.loads((tmp_path / "local" / "history.json").read_text())) == \
+        strip(json.loads((out / "history.json").read_text()))

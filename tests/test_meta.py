@@ -94,3 +94,24 @@ def test_learn_rnn_keeps_the_perceptron_output_rule():
     assert res.rule.rnn is not None
     start = RuleParams(cfg, "cpu").rule({}).rnn.table()
     assert not torch.equal(res.rule.rnn.table(), start)  # catches: the RNN rule not learned
+
+
+def test_best_of_starts_is_selected_on_held_out_training_examples():
+    """select_starts=3: three starts learn on the pool minus 100 held-out examples, each rule is
+    scored on those, the best is kept; start 0 is the plain run on that pool."""
+    data = load_dataset("relu1")
+    res = meta_train(tiny(select_starts=3, select_examples=100), data)
+    scores = [s["validation_accuracy"] for s in res.selection]
+    assert [s["start"] for s in res.selection] == [0, 1, 2]
+    chosen = [s["start"] for s in res.selection if s["selected"]]
+    assert chosen == [scores.index(max(scores))]
+    assert res.rule.provenance["selected_start"] == chosen[0]
+    assert len(set(scores)) > 1  # the starts differ
+    plain = meta_train(tiny(n_train=300), data)  # start 0 alone on the same 300-example pool
+    held = (data.x_train[300:400], data.y_train[300:400])
+    assert evaluate_rule(tiny(n_train=300), plain.rule, data, "cpu", n_train=200, n_test=0,
+                         networks=3, test=held) == scores[0]
+    again = meta_train(tiny(select_starts=2, select_examples=100), data)
+    assert again.selection[0]["validation_accuracy"] == res.selection[0]["validation_accuracy"]
+    with pytest.raises(PlasticityError, match="select_examples=390 leaves 10"):
+        meta_train(tiny(select_starts=2, select_examples=390, batch=20), data)

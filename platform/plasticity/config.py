@@ -135,13 +135,16 @@ class MetaConfig(RuleSpaceConfig):
     restarts: int = 0  # new random starts allowed when a start collapses (docs/dynamics.md)
     restart_after: int = 50  # steps after which a start is checked for collapse (accuracy of a
     #                          fresh network within 1 point of the majority class: restart)
+    select_starts: int = 1  # independent random starts; the rule that trains fresh networks best
+    #                         on the held-out examples is kept (never the test set)
+    select_examples: int = 1000  # training examples held out from meta-learning to select on
 
     def __post_init__(self):
         super().__post_init__()
         check_choice("rule_param", self.rule_param, PARAMETRIZATIONS)
         check_choice("meta_loss", self.meta_loss, ("logits", "softmax"))
         check_positive(self, "hidden", "steps", "eval_every", "eval_train", "eval_examples",
-                       "restart_after")
+                       "restart_after", "select_starts", "select_examples")
         check_positive(self, "restarts", "checkpoint_every", "horizon", allow_zero=True)
         if self.horizon > 0 and self.resample_networks:
             raise PlasticityError("horizon > 0 keeps networks across steps: it cannot be combined "

@@ -9,6 +9,7 @@ fire and which is predicted are constants for the gradient; the values flow.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -110,6 +111,7 @@ class MetaResult:
     history: list[dict] = field(default_factory=list)  # {step, loss[, accuracy]} (final start)
     skipped: int = 0  # steps whose meta-gradient was not finite (skipped, never applied)
     collapsed_starts: list[dict] = field(default_factory=list)  # starts abandoned (restarts)
+    selection: list[dict] = field(default_factory=list)  # select_starts > 1: each start's score
 
 
 class RuleParams:
@@ -178,12 +180,48 @@ def meta_train(cfg: MetaConfig, data, *, device="cpu", fixed_rnn: LayerRule | No
     (see :func:`_meta_start`) is abandoned for a new random start, at most ``restarts`` times;
     the result is the last start's, with the abandoned ones in ``collapsed_starts``. Steps given
     to ``on_step`` count on across starts. ``on_rule(step, rule)``, if given, receives a frozen
-    snapshot of the rule after every ``eval_every``-th step (curves of another objective)."""
+    snapshot of the rule after every ``eval_every``-th step (curves of another objective).
+
+    With ``cfg.select_starts`` = S > 1, S independent starts (each with its own restarts) learn
+    on the training pool minus its last ``select_examples`` examples; each final rule trains
+    ``eval_train``-example fresh networks (3 of them) from that pool and is scored on the held-out
+    examples; the best start's result is returned, every start's score in ``selection``. Steps
+    given to ``on_step`` then count on across the starts too."""
+    if cfg.select_starts == 1:
+        return _with_restarts(cfg, data, device, fixed_rnn, progress, on_step, on_rule, 0, 0)
+    n_pool = (cfg.n_train or data.x_train.shape[0]) - cfg.select_examples
+    if n_pool < cfg.batch:
+        raise PlasticityError(f"select_examples={cfg.select_examples} leaves {n_pool} training "
+                              f"examples to meta-learn on (batch={cfg.batch}): hold out fewer")
+    pool = dataclasses.replace(cfg, n_train=n_pool)
+    held = (data.x_train[n_pool:n_pool + cfg.select_examples],
+            data.y_train[n_pool:n_pool + cfg.select_examples])
+    span = cfg.steps + cfg.restarts * cfg.restart_after
+    best, scores = None, []
+    for s in range(cfg.select_starts):
+        res = _with_restarts(pool, data, device, fixed_rnn, progress, on_step, on_rule,
+                             s * (cfg.restarts + 1), s * span)
+        acc = evaluate_rule(pool, res.rule, data, device, n_train=min(cfg.eval_train, n_pool),
+                            n_test=0, networks=3, test=held)
+        scores.append({"start": s, "validation_accuracy": acc,
+                       "restarted": len(res.collapsed_starts)})
+        if best is None or acc > best[0]:
+            best = (acc, s, res)
+    res = best[2]
+    res.selection = [{**sc, "selected": sc["start"] == best[1]} for sc in scores]
+    res.rule = dataclasses.replace(res.rule, provenance={
+        **res.rule.provenance, "selected_start": best[1], "config": to_dict(cfg)})
+    return res
+
+
+def _with_restarts(cfg: MetaConfig, data, device, fixed_rnn, progress, on_step, on_rule,
+                   first: int, offset0: int) -> MetaResult:
+    """One start (initialisations ``first``, ``first`` + 1, ... on restarts) with its restarts."""
     collapsed: list[dict] = []
     majority = class_majority(cfg, data)
-    for attempt in range(cfg.restarts + 1):
-        last = attempt == cfg.restarts
-        offset = attempt * cfg.restart_after
+    for attempt in range(first, first + cfg.restarts + 1):
+        last = attempt == first + cfg.restarts
+        offset = offset0 + (attempt - first) * cfg.restart_after
 
         def report(record, offset=offset, start=attempt):
             if on_step is not None:
@@ -263,11 +301,13 @@ def _meta_start(cfg: MetaConfig, data, device, fixed_rnn, progress, on_step, att
 
 
 def evaluate_rule(cfg, rule: Rule, data, device, *, n_train: int, n_test: int,
-                  networks: int = 1) -> float:
-    """Mean test accuracy of fresh networks of ``cfg``'s shape trained by ``rule`` (one pass)."""
+                  networks: int = 1, test: tuple | None = None) -> float:
+    """Mean test accuracy of fresh networks of ``cfg``'s shape trained by ``rule`` (one pass);
+    ``test``: other examples (x, y) to score on instead of the first ``n_test`` test examples."""
     dtype = getattr(torch, cfg.dtype)
     x_tr, y_tr = data.x_train[:n_train].to(device, dtype), data.y_train[:n_train].to(device)
-    x_te, y_te = data.x_test[:n_test].to(device, dtype), data.y_test[:n_test].to(device)
+    x_te, y_te = test if test is not None else (data.x_test[:n_test], data.y_test[:n_test])
+    x_te, y_te = x_te.to(device, dtype), y_te.to(device)
     nets = run_networks(cfg, data, networks, device, key="eval-networks")
     order = example_orders(networks, x_tr.shape[0], 1, torch_generator(cfg.seed, "eval-order"),
                            device)

@@ -65,14 +65,16 @@ def _meta(sc, combo: dict, seed: int, T: int, ctx, out: Path):
                      eval_every=sc.meta_steps, eval_train=1000, eval_examples=1000,
                      dtype=sc.dtype, recurrence=combo["recurrence"], firing=combo["firing"],
                      meta_loss=combo["meta_loss"], n_train=sc.n_train_synthetic,
-                     restarts=sc.meta_restarts, restart_after=sc.restart_after)
+                     restarts=sc.meta_restarts, restart_after=sc.restart_after,
+                     select_starts=sc.meta_starts)
     res = run_child("meta-train", cfg, ctx, out)
     majority = class_majority(cfg, load_dataset(cfg.dataset, data_seed=cfg.data_seed))
     acc = res["final_accuracy"]
     return res["rule"], {"loss_first": res["first_loss"], "loss_last": res["final_loss"],
                          "accuracy": acc, "majority": majority, "skipped": res["skipped_steps"],
                          "collapsed": bool(acc < majority + COLLAPSE_MARGIN),
-                         "restarts_used": len(res["collapsed_starts"])}
+                         "restarts_used": len(res["collapsed_starts"]),
+                         "selection": res["selection"]}
 
 
 def _large(sc, combo: dict, rule: str, dataset: str, T: int, ctx, out: Path) -> dict:

@@ -33,7 +33,7 @@ def meta_train_handler(cfg: MetaConfig, ctx) -> dict:
     result = {"command": "meta-train", "config": to_dict(cfg), "rule": str(rule_path),
               "final_loss": res.history[-1]["loss"], "first_loss": res.history[0]["loss"],
               "final_accuracy": res.history[-1].get("accuracy"), "skipped_steps": res.skipped,
-              "collapsed_starts": res.collapsed_starts,
+              "collapsed_starts": res.collapsed_starts, "selection": res.selection,
               "test_accuracy": acc, "seconds": time.time() - t0,
               "output_table": res.rule.output.table().tolist(),
               "rnn_table": None if res.rule.rnn is None else res.rule.rnn.table().tolist()}

@@ -70,6 +70,8 @@ class StudyConfig:
     dynamics_datasets: str = "relu2,relu1"  # dynamics study: where large networks are tested
     meta_restarts: int = 0  # MetaConfig.restarts: new starts when a start has collapsed
     restart_after: int = 50  # MetaConfig.restart_after: the step a start is checked at
+    meta_starts: int = 1  # MetaConfig.select_starts: starts per rule, the best on held-out
+    #                       training examples kept (MetaConfig.select_examples = 1000)
 
     def __post_init__(self):
         parse_combos(self.combos)
@@ -113,7 +115,7 @@ def meta_config(sc: StudyConfig, **kw) -> MetaConfig:
                 eval_every=max(sc.meta_steps, 1), eval_train=1000, eval_examples=1000,
                 dtype=sc.dtype, recurrence=sc.recurrence, firing=sc.firing,
                 meta_loss=sc.meta_loss, restarts=sc.meta_restarts,
-                restart_after=sc.restart_after)
+                restart_after=sc.restart_after, select_starts=sc.meta_starts)
     base.update(kw)
     return MetaConfig(**base)
 

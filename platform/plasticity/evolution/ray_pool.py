@@ -97,7 +97,10 @@ class RayPool:
         self.replaced = 0
 
     def _new(self):
-        return _Worker.options(num_cpus=self.cpus, num_gpus=self.gpus).remote(*self.args)
+        # SPREAD: the actors go to different nodes where they can (a lost node then costs the
+        # pool its share only; its actors are replaced wherever resources are left)
+        return _Worker.options(num_cpus=self.cpus, num_gpus=self.gpus,
+                               scheduling_strategy="SPREAD").remote(*self.args)
 
     def losses(self, coeffs: np.ndarray, idx: np.ndarray, generation: int = 0) -> np.ndarray:
         """Losses [n] of members coeffs [n, P] on batch idx [E, B]: one chunk per actor."""
