@@ -156,7 +156,8 @@ def tracking_server(store_uri: str, workdir: Path):
     proc = subprocess.Popen(
         [sys.executable, "-m", "plasticity", "server", "--tracking-uri", store_uri, "--port",
          str(port), "--auth-dir", str(workdir / "auth")],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        cwd=workdir)  # a non-sqlite store's artifacts go to ./mlartifacts: the bench's folder
     address = f"http://127.0.0.1:{port}"
     try:
         _wait(lambda: urllib.request.urlopen(address + "/health", timeout=2).status == 200,
