@@ -6,7 +6,9 @@ workers never touch a sqlite store. The sweep lives in ``--out`` (``tune/`` is T
 experiment folder, ``sweep.json`` the parent run's id): after the driver is killed,
 ``--resume`` restores it; finished trials are not run again (Tune knows them, and a trial that
 finished after Tune's last snapshot finds its DONE.json and only re-reports it). A trial's child
-run that was cut off is deleted and logged afresh. Seeded: the search algorithm draws from
+run that was cut off is deleted and logged afresh. A trial whose worker or node dies is restarted
+by Tune up to ``--retries`` times, in the same child run (an evolve / compare trial continues from
+its checkpoint; steps it reports again are not logged twice). Seeded: the search algorithm draws from
 ``--seed``; PBT's perturbations from Python's ``random`` seeded the same way.
 """
 
