@@ -156,6 +156,11 @@ def _run(capsys, *args):
     (["norm=l3"], "norm"),
     (["rule=fig3_T1", "T=3"], "rule has T=1"),
     (["load=/nonexistent/network.pt"], "not found"),
+    (["update_on=margin_rel", "gamma=-0.5"], "gamma=-0.5 must be >= 0"),
+    (["update_on=margin"], "needs gamma > 0"),
+    (["gamma=0.3"], "applies to update_on=margin"),
+    (["train=gd", "update_on=margin_rel", "gamma=0.3"], "train=rule only"),
+    (["update_on=sometimes"], "update_on"),
 ])
 def test_bad_input_is_one_line_exit_2(capsys, tmp_path, sets, needle):
     args = ["--preset", "smoke", "--out", str(tmp_path)]
@@ -228,3 +233,74 @@ def test_bpda_surrogate_keeps_the_forward_and_gives_the_cap_a_gradient(mnist, ba
         grads.append(g)
     assert (grads[0] - grads[1]).abs().max() > 1e-3 * grads[0].abs().max()
     assert net.nets.relax == 0.0  # the attacked network itself is untouched
+
+
+def test_margin_scheme_trains_the_attacked_network(capsys, tmp_path):
+    """update_on=margin_rel reaches the trained network: more updates than on mistakes alone
+    (correct examples inside the margin update too), recorded in the result's config."""
+    runs = {}
+    for name, sets in (("mistakes", []), ("margin", ["update_on=margin_rel", "gamma=0.5"])):
+        args = ["--preset", "smoke", "--out", str(tmp_path / name), "--json", "--set", "eps=0",
+                "--set", "T=1"]
+        for s in sets:
+            args += ["--set", s]
+        code, out, _ = _run(capsys, *args)
+        assert code == 0
+        runs[name] = json.loads(out)
+    assert runs["margin"]["network"]["updates"] > runs["mistakes"]["network"]["updates"]
+    assert runs["margin"]["config"]["update_on"] == "margin_rel"
+    assert runs["margin"]["config"]["gamma"] == 0.5
+
+
+def _study(capsys, tmp_path, *sets, code=0):
+    args = ["study", "robustness", "--preset", "smoke", "--no-progress", "--no-tracking", "--out",
+            str(tmp_path), "--set", "rob_datasets=mnist", "--set", "seeds=1"]
+    for s in sets:
+        args += ["--set", s]
+    with pytest.raises(SystemExit) as exc:
+        main(args)
+    cap = capsys.readouterr()
+    assert exc.value.code == code, cap.err
+    return cap.err
+
+
+def test_robustness_study_tables_every_network_and_reuses_finished_cells(capsys, tmp_path):
+    err = _study(capsys, tmp_path, "rob_networks=perceptron,margin,gd_full", "rob_gammas=0.5",
+                 "rob_attacks=pgd_l2,transfer")
+    assert "reused" not in err
+    res = json.loads((tmp_path / "result.json").read_text())
+    assert set(res["summary"]) == {"mnist/perceptron", "mnist/margin_rel 0.5", "mnist/gd_full"}
+    cells = tmp_path / "cells" / "mnist-seed0"
+    rule_net = json.loads((cells / "perceptron" / "result.json").read_text())
+    gd = json.loads((cells / "gd_full" / "result.json").read_text())
+    # the transfer attack crafts on the GD network for rule networks, on a rule network for GD
+    assert rule_net["config"]["surrogate"] == str(cells / "gd_full-train" / "network.pt")
+    assert gd["config"]["surrogate"] == str(cells / "perceptron" / "network.pt")
+    assert gd["config"]["load"] == str(cells / "gd_full-train" / "network.pt")
+    assert json.loads((cells / "margin_rel0.5" / "result.json").read_text())["config"]["gamma"] == 0.5
+    for key, s in res["summary"].items():
+        assert len(s["worst_mean"]) == len(res["eps"]) and s["meets_target"] in (True, False)
+        assert all(a >= b for a, b in zip(s["worst_mean"], s["worst_mean"][1:])), key
+    assert (tmp_path / "robust_vs_clean.png").is_file()
+    report = (tmp_path / "report.md").read_text()
+    assert "| margin_rel 0.5 | 1 |" in report and "Target" in report
+    mtime = (cells / "perceptron" / "result.json").stat().st_mtime
+    err = _study(capsys, tmp_path, "rob_networks=perceptron,margin,gd_full", "rob_gammas=0.5",
+                 "rob_attacks=pgd_l2,transfer")
+    assert err.count("reused") == 4  # gd_full-train, perceptron, margin_rel 0.5, gd_full
+    assert (cells / "perceptron" / "result.json").stat().st_mtime == mtime
+    assert json.loads((tmp_path / "result.json").read_text())["summary"] == res["summary"]
+
+
+@pytest.mark.parametrize("sets, needle", [
+    (["rob_networks=perceptron,bogus"], "unknown network 'bogus'"),
+    (["rob_gammas=0.3,-1"], "every gamma must be > 0"),
+    (["rob_eps=0,-1"], "every radius must be >= 0"),
+    (["rob_attacks=pgd_l2,nope"], "unknown attack 'nope'"),
+    (["rob_datasets=relu1"], "image sets"),
+    (["n_attack=0"], "n_attack=0"),
+])
+def test_robustness_study_bad_input_is_one_line_exit_2(capsys, tmp_path, sets, needle):
+    err = _study(capsys, tmp_path, *sets, code=2)
+    assert len(err.strip().splitlines()) == 1 and needle in err, err
+    assert not (tmp_path / "cells").exists()

@@ -21,6 +21,8 @@ from ..checks import check_choice, check_positive, parse_list
 from ..config import Common, to_dict
 from ..files import atomic_write_text, write_json
 from ..network import Networks
+from ..rules import check_margin
+from ..rules.tables import OUTPUT_ROWS, UPDATE_ON
 from ..robustness.attacks import FrozenNet
 from ..robustness.evaluate import Budget, check_attacks, diagnostics, robustness_curves
 from .base import Command, rule_flag, rule_options, rule_sets
@@ -39,6 +41,10 @@ class AttackConfig(Common):
     train: str = "rule"  # how the network is trained: rule (no backprop) | gd
     rule: str = "perceptron"  # train=rule: a classic, shipped or JSON rule (its T must equal T)
     passes: int = 2  # passes over the training set (Table 2: 2)
+    update_on: str = "rule"  # train=rule: rule (its own scheme) | mistakes | all | margin |
+    #                          margin_rel (a mistake or a margin below gamma: docs/rules.md)
+    output_rows: str = "rule"  # train=rule: rule (its own scheme) | label_pred | all
+    gamma: float = 0.0  # the margin of update_on=margin | margin_rel (0 otherwise)
     gd_method: str = "full"  # train=gd: full (W and U through the T rounds) | output (U only)
     gd_lr: float = 1e-3  # train=gd: Adam learning rate
     gd_batch: int = 100  # train=gd: minibatch size
@@ -64,6 +70,12 @@ class AttackConfig(Common):
         super().__post_init__()
         check_choice("train", self.train, ("rule", "gd"))
         check_choice("gd_method", self.gd_method, ("full", "output"))
+        check_choice("update_on", self.update_on, ("rule", *UPDATE_ON))
+        check_choice("output_rows", self.output_rows, ("rule", *OUTPUT_ROWS))
+        check_margin("mistakes" if self.update_on == "rule" else self.update_on, self.gamma)
+        if self.train == "gd" and (self.update_on, self.output_rows, self.gamma) != ("rule", "rule", 0):
+            raise PlasticityError("update_on, output_rows and gamma apply to train=rule only "
+                                  "(train is gd): drop them or use train=rule")
         check_positive(self, "passes", "gd_lr", "gd_batch", "n_attack", "steps", "step_scale",
                   "restarts", "paper_steps", "paper_alpha", "queries", "relax", "es_samples",
                   "es_sigma")
@@ -140,7 +152,8 @@ def train_network(cfg: AttackConfig, data, device: str, progress: bool,
         rule = load_rule_ref(cfg.rule, cfg.T, cfg.eta, tracking)
         rule.check_network(cfg.T)
         tc = TrainConfig(**shared, rule=cfg.rule, passes=cfg.passes, networks=1,
-                         eval_every=10**9, eval_examples=1)
+                         eval_every=10**9, eval_examples=1, update_on=cfg.update_on,
+                         output_rows=cfg.output_rows, gamma=cfg.gamma)
         res = run_train(tc, rule, device=device, data=data, progress=progress)
         info = {"rule_provenance": rule.provenance, "updates": int(res.updates[0])}
     else:

@@ -24,6 +24,9 @@ from ..config import BaselineConfig, MetaConfig, TrainConfig, to_dict
 from ..files import atomic_write_text
 from . import run_child
 from .dynamics_study import parse_combos, report_dynamics, study_dynamics
+from .robustness_study import ALL_ATTACKS as ROB_ATTACKS
+from .robustness_study import NETWORKS as ROB_NETWORKS
+from .robustness_study import check_robustness_fields, report_robustness, study_robustness
 
 SYNTHETIC = ("halfspace", "relu1", "relu2", "rnn")
 IMAGES = ("mnist", "fashion_mnist")
@@ -72,9 +75,24 @@ class StudyConfig:
     restart_after: int = 50  # MetaConfig.restart_after: the step a start is checked at
     meta_starts: int = 1  # MetaConfig.select_starts: starts per rule, the best on held-out
     #                       training examples kept (MetaConfig.select_examples = 1000)
+    rob_datasets: str = "mnist,fashion_mnist"  # robustness study: the image sets
+    rob_networks: str = ",".join(ROB_NETWORKS)  # robustness study: the networks (its docstring)
+    rob_gammas: str = "0.3,0.5,0.7"  # robustness study: gammas of the margin_rel perceptron
+    rob_learned_gamma: float = 0.5  # robustness study: gamma the margin rule is meta-learned at
+    rob_rule_T3: str = "results/table2-reference/rule_T3.json"  # T=3 rule of ref_T3 (reference
+    #                                                             dynamics, learned on MNIST)
+    rob_evolved: str = "results/lifetime/relu1-V400-engine/seed0/cma_rule.json"  # evolved_T3
+    rob_eps: str = "0,0.5,1"  # robustness study: L2 radii
+    rob_attacks: str = ROB_ATTACKS  # robustness study: the attacks (worst case over all)
+    n_attack: int = 200  # robustness study: test images attacked per network
+    rob_passes: int = 2  # robustness study: passes over the training set (Table 2: 2)
+    rob_steps: int = 50  # robustness study: PGD / paper's attack steps (AttackConfig.steps)
+    rob_restarts: int = 3  # robustness study: PGD restarts
+    rob_queries: int = 1000  # robustness study: queries of the gradient-free attacks
 
     def __post_init__(self):
         parse_combos(self.combos)
+        check_robustness_fields(self)
         MetaConfig(recurrence=self.recurrence, firing=self.firing, meta_loss=self.meta_loss)
         for name in ("seeds", "task_seeds", "meta_steps", "meta_episodes", "meta_batch", "passes", "small",
                      "large", "meta_seeds"):
@@ -98,7 +116,8 @@ class StudyConfig:
 STUDY_PRESETS = {
     "smoke": dict(seeds=2, task_seeds=1, meta_steps=4, meta_episodes=4, meta_batch=20, meta_horizon=200,
                   n_train_synthetic=400,
-                  n_train_images=400, n_test=300, small=20, large=40),
+                  n_train_images=400, n_test=300, small=20, large=40, n_attack=12,
+                  rob_steps=4, rob_restarts=1, rob_queries=20),
     "quick": dict(seeds=2, task_seeds=2, meta_steps=150, n_train_synthetic=4000, n_train_images=6000,
                   n_test=2000, large=400),
     "paper": dict(seeds=3, meta_steps=400),
@@ -431,7 +450,8 @@ def report_theory(result: dict) -> str:
 
 STUDIES = {"fig3": (study_fig3, report_fig3), "table2": (study_table2, report_table2),
            "fig2": (study_fig2, report_fig2), "theory": (study_theory, report_theory),
-           "dynamics": (study_dynamics, report_dynamics)}
+           "dynamics": (study_dynamics, report_dynamics),
+           "robustness": (study_robustness, report_robustness)}
 
 
 def run_study(name: str, sc: StudyConfig, ctx, preset: str = "-") -> dict:
