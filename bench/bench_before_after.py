@@ -6,7 +6,8 @@ Exports ``platform/`` at COMMIT (default: the commit before issue 13's engine wo
 ``git archive`` into a temporary folder and runs each case alternately with the old and the new
 engine, each in a fresh interpreter, 1 torch thread. Reports the best CPU time (``process_time``,
 less sensitive than wall time to other jobs on a shared machine) and wall time of each side, and
-whether both ended with the same weights (a checksum). Cases: rule-based training of |V| = 1000,
+whether both ended with the same weights (a checksum; for meta steps the loss, which the final
+weights decide, and the largest gradient difference relative to the largest entry). Cases: rule-based training of |V| = 1000,
 T = 3 networks on MNIST (1 network, 16 networks) and meta-learning steps (|V| = 100, B = 100).
 Nothing asserts.
 """
@@ -34,6 +35,7 @@ CASES = [
     {"kind": "meta", "E": 1, "B": 100, "V": 100, "T": 3, "dtype": "float64"},
     {"kind": "meta", "E": 16, "B": 100, "V": 100, "T": 3, "dtype": "float64"},
     {"kind": "meta", "E": 64, "B": 100, "V": 100, "T": 3, "dtype": "float32"},
+    {"kind": "meta", "E": 4, "B": 100, "V": 1000, "T": 3, "dtype": "float32"},
 ]
 
 
@@ -55,17 +57,19 @@ def run_case(c: dict) -> dict:
             loss = episode_loss(nets, rnn, out, xs, ys, eta=0.01, mode="additive",
                                 scheme=Scheme())
             loss.backward()
-            sig = float(rnn.grad.double().sum())
+            grad = torch.cat([rnn.grad.flatten(), out.grad.flatten()]).double().tolist()
             rnn.grad = out.grad = None
-            return sig
+            return float(loss), grad
 
         step()
         best = (float("inf"), float("inf"))
         for _ in range(3):
             t0, c0 = time.perf_counter(), time.process_time()
-            sig = step()
+            sig, grad = step()
             best = min(best, (time.process_time() - c0, time.perf_counter() - t0))
-        return {"cpu": best[0], "wall": best[1], "examples": c["E"] * c["B"], "checksum": sig}
+        # the loss is the checksum (the final weights decide it); the gradient is compared apart
+        return {"cpu": best[0], "wall": best[1], "examples": c["E"] * c["B"], "checksum": sig,
+                "grad": grad}
     from plasticity.learning import RuleLearner, example_orders
     from plasticity.network import make_networks
     from plasticity.seeding import torch_generator
@@ -89,6 +93,8 @@ def main() -> None:
     ap.add_argument("--before", default="cbcf7bd")
     ap.add_argument("--reps", type=int, default=2)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--only", choices=("train", "meta"), default=None,
+                    help="run only the rule-based training or only the meta-learning cases")
     ap.add_argument("--case", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.case:
@@ -101,6 +107,8 @@ def main() -> None:
         load = os.getloadavg()
         rows = []
         for c in CASES:
+            if args.only and (c.get("kind") == "meta") != (args.only == "meta"):
+                continue
             res: dict = {"before": [], "after": []}
             for _ in range(args.reps):
                 for side, root in (("before", Path(old)), ("after", ROOT)):
@@ -120,12 +128,18 @@ def main() -> None:
             row["speedup_cpu"] = (row["after"]["examples_per_cpu_s"]
                                   / row["before"]["examples_per_cpu_s"])
             row["same_result"] = row["before"]["checksum"] == row["after"]["checksum"]
+            if c.get("kind") == "meta":
+                ga, gb = res["before"][0]["grad"], res["after"][0]["grad"]
+                scale = max(abs(v) for v in ga) or 1.0
+                row["grad_max_rel_diff"] = max(abs(u - v) for u, v in zip(ga, gb)) / scale
             rows.append(row)
             what = (f"meta E={c['E']} {c['dtype']}" if c.get("kind") == "meta"
                     else f"train N={c['N']} {c['rule']} L={c['L']}")
             print(f"{what:<36} before {row['before']['examples_per_cpu_s']:>8.0f}  after "
                   f"{row['after']['examples_per_cpu_s']:>8.0f} ex/cpu-s  x{row['speedup_cpu']:.2f}"
-                  f"  same={row['same_result']}", flush=True)
+                  f"  same={row['same_result']}"
+                  + (f" grad diff {row['grad_max_rel_diff']:.1e}" if "grad_max_rel_diff" in row
+                     else ""), flush=True)
     info = {"before": args.before, "loadavg_before": load, "loadavg_after": os.getloadavg(),
             "time": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     print(f"load average before {load}, after {info['loadavg_after']}")

@@ -264,17 +264,67 @@ def test_mlp_gradcheck():
 
 
 @pytest.mark.parametrize("every", [1, 2, 4])
-def test_checkpoint_same_loss_and_gradient(every):
+@pytest.mark.parametrize("mode", ["additive", "multiplicative"])
+def test_checkpoint_same_loss_and_gradient(every, mode):
+    """checkpoint_every recomputes the multiplicative graph's segments (the additive unroll has
+    nothing to recompute and ignores it): the same loss and gradient either way."""
     rnn, out = _random_tables(3, 4)
-    nets, xs, ys, _ = _meta_setup(20, (rnn, out), "additive", "mistakes", "label_pred")
+    nets, xs, ys, _ = _meta_setup(20, (rnn, out), mode, "mistakes", "label_pred")
     res = []
     for ck in (0, every):
         r, o = rnn.clone().requires_grad_(), out.clone().requires_grad_()
-        loss = episode_loss(nets, r, o, xs, ys, eta=0.05, mode="additive", scheme=Scheme(),
+        loss = episode_loss(nets, r, o, xs, ys, eta=0.05, mode=mode, scheme=Scheme(),
                             checkpoint_every=ck)
         res.append((loss.detach(), *torch.autograd.grad(loss, (r, o))))
     for a, b in zip(*res, strict=True):
         assert torch.allclose(a, b, rtol=1e-12, atol=1e-14)
+
+
+NODE_SCHEMES = [("mistakes", "label_pred", 0.0), ("all", "label_pred", 0.0),
+                ("mistakes", "all", 0.0), ("all", "all", 0.0), ("margin", "label_pred", 0.3),
+                ("margin_rel", "label_pred", 0.9)]
+
+
+@pytest.mark.parametrize("update_on,output_rows,gamma", NODE_SCHEMES)
+@pytest.mark.parametrize("dtype,per_network,groups", [
+    (F64, False, False), (torch.float32, False, False), (F64, True, False), (F64, False, True)])
+def test_additive_unroll_node_equals_the_step_by_step_graph(update_on, output_rows, gamma,
+                                                            dtype, per_network, groups,
+                                                            monkeypatch):
+    """The additive unroll as one node (rule-based learning forward, batched backward over the
+    recorded updates) gives bit-identical final weights and the same gradients as the
+    step-by-step autograd graph: shared or per-network tables, from a learned start, float32
+    and float64, with the networks learned in several cache groups."""
+    from plasticity import learning
+    from plasticity.meta import _unroll_graph, unroll
+
+    if groups:  # groups of 2 networks: the backward assembles the updates group by group
+        per_net = 8 * 40 * (2 * 40 + D)
+        monkeypatch.setattr(learning, "GROUP_BYTES", 2 * per_net)
+    E, B = 5, 40
+    nets = make_networks(E, D, 3, neurons=40, k=20, p=0.5, T=3, seed=7, dtype=dtype)
+    g = torch.Generator().manual_seed(7)
+    xs = torch.randn(E, B, D, generator=g, dtype=dtype)
+    ys = torch.randint(0, 3, (E, B), generator=g)
+    lead = (E,) if per_network else ()
+    rnn = torch.randn(*lead, 8, 8, generator=g, dtype=dtype)
+    out = torch.randn(*lead, 8, 2, generator=g, dtype=dtype)
+    W0 = torch.randn(E, 40, 40, generator=g, dtype=dtype) * nets.graph * 0.1
+    U0 = torch.randn(E, 3, 40, generator=g, dtype=dtype) * 0.1
+    scheme = Scheme(update_on, output_rows, gamma)
+    res = []
+    for fn in (_unroll_graph, unroll):
+        r, o = rnn.clone().requires_grad_(), out.clone().requires_grad_()
+        W, U = fn(nets, W0, U0, r, o, xs, ys, eta=0.05, mode="additive", scheme=scheme)
+        logits, _, _ = nets.forward(xs, W, U)
+        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), ys.flatten())
+        res.append((W.detach(), U.detach(), *torch.autograd.grad(loss, (r, o))))
+    (Wa, Ua, ra, oa), (Wb, Ub, rb, ob) = res
+    assert torch.equal(Wa, Wb) and torch.equal(Ua, Ub)
+    assert not torch.equal(Wa, W0) and not torch.equal(Ua, U0)  # it learned something
+    tol = dict(rtol=1e-10, atol=1e-12) if dtype == F64 else dict(rtol=1e-4, atol=1e-6)
+    assert torch.allclose(ra, rb, **tol) and torch.allclose(oa, ob, **tol)
+    assert ra.abs().sum() > 0 and oa.abs().sum() > 0
 
 
 # ------------------------------------------------------------------ (d) learning beats chance

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from .network import Networks
-from .rules import Rule
+from .rules import Rule, Scheme
 from .rules.tables import apply_delta, output_delta
 
 
@@ -85,12 +85,24 @@ class RuleLearner:
     table entry exactly), then W is masked by the graph; updates of some of a group's networks
     are the same batched product with the others' rows zero (W + 0 = W)."""
 
-    def __init__(self, nets: Networks, rule: Rule, eta: float, chunk: int = 0, group: int = 0,
-                 tables: tuple | None = None):
+    def __init__(self, nets: Networks, rule: Rule | None, eta: float, chunk: int = 0,
+                 group: int = 0, tables: tuple | None = None, mode: str | None = None,
+                 scheme: Scheme | None = None):
         """``tables``: per-network rule tables ``(RNN [N, S, S] or None, output [N, S, 2])`` that
         replace ``rule``'s (which still gives T, the mode and the update scheme): N members of a
-        population, or members x networks, learn as one batch, each by its own rule."""
-        rule.check_network(nets.T)
+        population, or members x networks, learn as one batch, each by its own rule. Without a
+        rule, ``tables``, ``mode`` and ``scheme`` give it all (the meta-learning unroll).
+
+        ``record``: set it to a list and every update appends (the group's first network, its
+        histories [n, V] uint8, the networks that updated [n] bool or None for all, y [n],
+        pred [n]): the trajectory the meta-gradient needs (:class:`plasticity.meta._Unrolled`)."""
+        if rule is not None:
+            rule.check_network(nets.T)
+        elif tables is None or mode is None or scheme is None:
+            raise ValueError("RuleLearner without a rule needs tables, mode and scheme")
+        self.mode = mode or rule.mode
+        self.scheme = scheme or rule.scheme
+        self.record: list | None = None
         self.nets, self.rule, self.eta, self.chunk = nets, rule, eta, chunk
         dtype, device = nets.A.dtype, nets.A.device
         if tables is None:
@@ -103,8 +115,8 @@ class RuleLearner:
         self._rnn_eta_t = None  # [S_post, S_pre] (or [N, ...]): (eta r)^T; multiplicative: 1 + eta r
         if self.rnn_table is not None:
             t = (self.rnn_table * eta_t).transpose(-1, -2).contiguous()
-            self._rnn_eta_t = t.add(1.0) if rule.mode == "multiplicative" else t
-        self.W, self.U = nets.fresh_weights(rule.mode)
+            self._rnn_eta_t = t.add(1.0) if self.mode == "multiplicative" else t
+        self.W, self.U = nets.fresh_weights(self.mode)
         self.updates = torch.zeros(nets.n, dtype=torch.int64, device=device)
         self.diverged = torch.zeros(nets.n, dtype=torch.bool, device=device)
         self.seen = 0
@@ -121,7 +133,7 @@ class RuleLearner:
         self.group = group
 
     def _chunk_size(self, n: int) -> int:
-        if self.rule.scheme.update_on == "all":
+        if self.scheme.update_on == "all":
             return 1
         if self.chunk > 0:
             return self.chunk
@@ -138,11 +150,13 @@ class RuleLearner:
         """Apply one update, in place, to the networks of group ``g`` from their histories
         [n, V] (int64); ``live`` [n] (None = all): the networks that update; the others' rows of
         the batched change are zero, which leaves their weights exactly as they were."""
-        mode, dtype = self.rule.mode, self.W.dtype
+        mode, dtype = self.mode, self.W.dtype
         n = hist.shape[0]
+        if self.record is not None:
+            self.record.append((g.start, hist.to(torch.uint8), live, y, pred))
         rows = self._rows[:n]
         U = self.U[g]
-        if mode == "additive" and self.rule.scheme.output_rows == "label_pred":
+        if mode == "additive" and self.scheme.output_rows == "label_pred":
             # the true-label row + eta r_o[h, 0], the wrongly predicted row + eta r_o[h, 1]: the
             # two rows output_delta changes, each by the same single product
             r = self._rows_of(self._out_eta, g, hist)  # [n, V, 2]
@@ -151,12 +165,12 @@ class RuleLearner:
             U.index_put_((rows, y), r[..., 0], accumulate=True)
             wrong = pred != y
             U.index_put_((rows, pred), r[..., 1] * wrong.view(n, 1) if live is not None or
-                         self.rule.scheme.update_on == "all" else r[..., 1], accumulate=True)
+                         self.scheme.update_on == "all" else r[..., 1], accumulate=True)
         else:
             m = torch.ones(n, dtype=dtype, device=hist.device) if live is None else live.to(dtype)
             table = self._out_eta if self._out_eta.dim() == 2 else self._out_eta[g]
             dU = output_delta(table, hist, y, pred, m, self.nets.n_classes,
-                              self.rule.scheme.output_rows)
+                              self.scheme.output_rows)
             apply_delta(U, dU, mode, inplace=True)
         if self._rnn_eta_t is None:
             return
@@ -194,7 +208,7 @@ class RuleLearner:
             return
         ys = y[order]
         ax, h1, bits1 = nets.first_round(x[order])  # [n, L, V]
-        scheme = self.rule.scheme
+        scheme = self.scheme
         on_all = scheme.update_on == "all"
         if n == 1:
             self._learn_one(g, nets, W, U, ax, h1, bits1, ys, on_all)
@@ -242,7 +256,7 @@ class RuleLearner:
             if on_all:
                 f, pred = 0, logits.argmax(-1)
             else:
-                trigger, pred = self.rule.scheme.triggers(logits, ys[0, p:p + C])
+                trigger, pred = self.scheme.triggers(logits, ys[0, p:p + C])
                 wrong = trigger.nonzero()
                 if wrong.numel() == 0:
                     p += C

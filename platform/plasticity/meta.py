@@ -31,7 +31,28 @@ def unroll(nets: Networks, W, U, rnn_table, out_table, xs, ys, *, eta: float, mo
            scheme: Scheme):
     """Differentiable rule-based learning of B examples per network, one at a time.
 
-    xs: [N, B, d], ys: [N, B]; tables [S, S] / [S, 2] (or with a leading N). Returns (W, U)."""
+    xs: [N, B, d], ys: [N, B]; tables [S, S] / [S, 2] (or with a leading N). Returns (W, U).
+
+    Which examples update, which neurons fire and which row is predicted are constants of the
+    gradient, so with the additive rule W_B = W_0 + sum_t s_t (r[h_t,i, h_t,j] on the graph) and
+    U_B likewise are linear in the tables with coefficients fixed by the (discrete) trajectory.
+    The additive rule therefore runs as one autograd node (:class:`_Unrolled`): the forward loop
+    without autograd, in place (the same operations in the same order, so W_B and U_B are
+    bit-identical to the step-by-step graph's), and a backward of a few batched products over the
+    recorded histories instead of B steps of V x V operations. The multiplicative rule, whose
+    weights are products over the steps, keeps the step-by-step graph, and so does a call
+    without autograd (a population's fitness), where the plain loop measured fastest."""
+    if mode == "additive" and torch.is_grad_enabled():
+        return _Unrolled.apply(nets, eta, scheme, xs, ys, W, U, out_table, rnn_table)
+    # without autograd (evolution's fitness) the plain loop is the cheapest at its sizes
+    return _unroll_graph(nets, W, U, rnn_table, out_table, xs, ys, eta=eta, mode=mode,
+                         scheme=scheme)
+
+
+def _steps(nets: Networks, W, U, rnn_table, out_table, xs, ys, eta: float, mode: str,
+           scheme: Scheme, inplace: bool, record: list | None = None):
+    """The learning loop: W, U after xs [N, B, d] (in place when ``inplace``); ``record``
+    receives (histories [N, V] uint8, scale [N], y [N], pred [N]) of every step that updates."""
     N = nets.n
     # on the CPU a step where no network errs is skipped: its change is exactly zero (W + 0 = W)
     # and so is its contribution to the gradient; on CUDA the test would cost a sync per step
@@ -49,10 +70,113 @@ def unroll(nets: Networks, W, U, rnn_table, out_table, xs, ys, *, eta: float, mo
                 continue
             scale = trigger.to(W.dtype) * eta
         dU = output_delta(out_table, hist, y, pred, scale, nets.n_classes, scheme.output_rows)
-        U = apply_delta(U, dU, mode)
+        U = apply_delta(U, dU, mode, inplace=inplace)
         if rnn_table is not None:
-            W = apply_delta(W, rnn_delta(rnn_table, hist, scale), mode, mask=nets.graph)
+            W = apply_delta(W, rnn_delta(rnn_table, hist, scale), mode, mask=nets.graph,
+                            inplace=inplace)
+        if record is not None:
+            record.append((hist.to(torch.uint8), scale, y, pred))
     return W, U
+
+
+def _unroll_graph(nets: Networks, W, U, rnn_table, out_table, xs, ys, *, eta: float, mode: str,
+                  scheme: Scheme):
+    """:func:`unroll` as a step-by-step autograd graph (any mode)."""
+    return _steps(nets, W, U, rnn_table, out_table, xs, ys, eta, mode, scheme, inplace=False)
+
+
+class _Unrolled(torch.autograd.Function):
+    """The additive rule's unrolled learning as one node (see :func:`unroll`).
+
+    Forward: rule-based learning itself (:class:`plasticity.learning.RuleLearner`: round 1 of
+    every example at once, speculative chunks, the rank-2^T update; no autograd), recording
+    each update's
+    histories, networks, labels and changed rows. Its W_B, U_B equal the step-by-step loop's
+    (the same updates, each exact, in the same order; a firing or mistake decision could differ
+    only at a float near-tie of the forward pass, whose last bits depend on how many examples one
+    product holds).
+
+    Backward, from gW = dL/dW_B and gU = dL/dU_B, with Q_t the one-hot [S, V] of update t's
+    histories and s_t its scale (eta where the network updated, else 0):
+    - RNN table: dL/dr[a, b] = sum_t s_t sum_{j, i} [h_t,i = a] (gW * graph)[j, i] [h_t,j = b],
+      i.e. sum_t s_t Q_t (gW * graph)^T Q_t^T: one batched product over every recorded update;
+    - output table: column 0 sums s_t gU[y_t, i] over the neurons i of history a, column 1 the
+      same over the other rows that changed (the wrong or best wrong prediction, or every other
+      row);
+    - W_0, U_0: gW, gU (the start enters additively)."""
+
+    @staticmethod
+    def forward(ctx, nets, eta, scheme, xs, ys, W0, U0, out_table, rnn_table):
+        from .learning import RuleLearner
+
+        N, B = ys.shape
+
+        def per_network(t):
+            return t if t is None or t.dim() == 3 else t.expand(N, *t.shape)
+
+        learner = RuleLearner(nets, None, eta, tables=(per_network(rnn_table),
+                                                       per_network(out_table)),
+                              mode="additive", scheme=scheme)
+        learner.W, learner.U = W0.clone(), U0.clone()
+        learner.record = []
+        learner.learn(xs.reshape(N * B, -1), ys.reshape(-1),
+                      torch.arange(N * B, device=xs.device).view(N, B))
+        ctx.nets, ctx.eta, ctx.rows = nets, eta, scheme.output_rows
+        ctx.shared = (out_table.dim() == 2, rnn_table is not None and rnn_table.dim() == 2)
+        ctx.has_rnn, ctx.S = rnn_table is not None, out_table.shape[-2]
+        groups: dict = {}
+        for start, hist, live, y, pred in learner.record:
+            groups.setdefault(start, []).append((hist, live, y, pred))
+        ctx.groups = {a: _stack_updates(v, eta, W0.dtype) for a, v in groups.items()}
+        return learner.W, learner.U
+
+    @staticmethod
+    def backward(ctx, gW, gU):
+        need = ctx.needs_input_grad
+        nets, S, N = ctx.nets, ctx.S, ctx.nets.n
+        shared_out, shared_rnn = ctx.shared
+        want_out = need[7] and gU is not None
+        want_rnn = ctx.has_rnn and need[8] and gW is not None
+        ref = gU if gU is not None else gW
+        g_out = torch.zeros(N, S, 2, dtype=ref.dtype, device=ref.device) if want_out else None
+        g_rnn = torch.zeros(N, S, S, dtype=ref.dtype, device=ref.device) if want_rnn else None
+        for a, (idx, scale, y, pred) in ctx.groups.items():
+            n, K, V = idx.shape
+            g = slice(a, a + n)
+            if want_out:
+                gu = gU[g]
+                gy = torch.gather(gu, 1, y.unsqueeze(-1).expand(n, K, V))  # gU[n, y_t, :]
+                if ctx.rows == "all":
+                    go = gu.sum(1, keepdim=True) - gy
+                else:  # label_pred: the (best) wrong prediction's row
+                    go = torch.gather(gu, 1, pred.unsqueeze(-1).expand(n, K, V)) * \
+                        (pred != y).unsqueeze(-1).to(gu.dtype)
+                w, flat = scale.unsqueeze(-1), idx.reshape(n, K * V)
+                for col, v in ((0, gy), (1, go)):
+                    g_out[g, :, col].scatter_add_(1, flat, (v * w).reshape(n, K * V))
+            if want_rnn:
+                gm = gW[g] * nets.graph[g]  # [n, V_post j, V_pre i]
+                states = torch.arange(S, device=idx.device).view(1, 1, S, 1)
+                q = (idx.unsqueeze(2) == states).to(gm.dtype)  # [n, K, S, V]
+                # X[n, k, a, j] = s_k sum_i [h_i = a] gm[j, i]; then sum_j X[.., a, j] [h_j = b]
+                x = torch.bmm((q * scale.view(n, K, 1, 1)).reshape(n, K * S, V),
+                              gm.transpose(1, 2))
+                g_rnn[g] = torch.matmul(x.view(n, K, S, V), q.transpose(2, 3)).sum(1)
+        if g_out is not None and shared_out:
+            g_out = g_out.sum(0)
+        if g_rnn is not None and shared_rnn:
+            g_rnn = g_rnn.sum(0)
+        return None, None, None, None, None, gW, gU, g_out, g_rnn
+
+
+def _stack_updates(updates: list, eta: float, dtype) -> tuple:
+    """One group's recorded updates -> (histories [n, K, V] int64, scale [n, K], y, pred)."""
+    hist = torch.stack([u[0] for u in updates], 1).to(torch.int64)
+    n, K = hist.shape[:2]
+    live = torch.stack([torch.ones(n, dtype=torch.bool, device=hist.device) if u[1] is None
+                        else u[1] for u in updates], 1)
+    scale = live.to(dtype) * eta
+    return hist, scale, torch.stack([u[2] for u in updates], 1), torch.stack([u[3] for u in updates], 1)
 
 
 META_LOSSES = ("logits", "softmax")
@@ -81,9 +205,14 @@ def episode_loss(nets: Networks, rnn_table, out_table, xs, ys, *, eta, mode, sch
 
     Learning starts from fresh weights, or from ``start = (W, U)`` (a network that has already
     learned, see ``MetaConfig.horizon``). With ``return_state`` also returns the final (W, U).
-    With ``per_network`` the loss is each network's own mean [N] (a population's losses)."""
+    With ``per_network`` the loss is each network's own mean [N] (a population's losses).
+    ``checkpoint_every`` recomputes segments of the multiplicative rule's step-by-step graph in
+    the backward pass; the additive rule's unroll stores only its updates' histories
+    (:func:`unroll`), so it has nothing to recompute and runs whole."""
     W, U = nets.fresh_weights(mode) if start is None else start
     B = xs.shape[1]
+    if mode == "additive":
+        checkpoint_every = 0
     seg = checkpoint_every if checkpoint_every > 0 else B
     for s in range(0, B, seg):
         xseg, yseg = xs[:, s:s + seg], ys[:, s:s + seg]
