@@ -5,6 +5,7 @@ attack against a per-example loop, and the `attack` command."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -252,9 +253,9 @@ def test_margin_scheme_trains_the_attacked_network(capsys, tmp_path):
     assert runs["margin"]["config"]["gamma"] == 0.5
 
 
-def _study(capsys, tmp_path, *sets, code=0):
-    args = ["study", "robustness", "--preset", "smoke", "--no-progress", "--no-tracking", "--out",
-            str(tmp_path), "--set", "rob_datasets=mnist", "--set", "seeds=1"]
+def _study(capsys, tmp_path, *sets, code=0, tracking="none"):
+    args = ["study", "robustness", "--preset", "smoke", "--no-progress", "--tracking-uri",
+            tracking, "--out", str(tmp_path), "--set", "rob_datasets=mnist", "--set", "seeds=1"]
     for s in sets:
         args += ["--set", s]
     with pytest.raises(SystemExit) as exc:
@@ -285,11 +286,25 @@ def test_robustness_study_tables_every_network_and_reuses_finished_cells(capsys,
     report = (tmp_path / "report.md").read_text()
     assert "| margin_rel 0.5 | 1 |" in report and "Target" in report
     mtime = (cells / "perceptron" / "result.json").stat().st_mtime
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
     err = _study(capsys, tmp_path, "rob_networks=perceptron,margin,gd_full", "rob_gammas=0.5",
-                 "rob_attacks=pgd_l2,transfer")
+                 "rob_attacks=pgd_l2,transfer", tracking=uri)
     assert err.count("reused") == 4  # gd_full-train, perceptron, margin_rel 0.5, gd_full
     assert (cells / "perceptron" / "result.json").stat().st_mtime == mtime
     assert json.loads((tmp_path / "result.json").read_text())["summary"] == res["summary"]
+    # tracked, the reused cells are still the study run's children, with their metrics
+    from mlflow import MlflowClient
+
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("plasticity").experiment_id])
+    study = [r for r in runs if r.data.tags.get("plasticity.command") == "study"]
+    assert len(study) == 1
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == study[0].info.run_id]
+    assert sorted(r.data.tags["plasticity.command"] for r in children) == ["attack"] * 4
+    by_folder = {Path(r.data.tags["plasticity.logged_from"]).name: r for r in children}
+    assert by_folder["perceptron"].data.metrics["attack/worst/eps_0"] == pytest.approx(
+        rule_net["worst"][0])
+    assert "robust_vs_clean.png" in {a.path for a in client.list_artifacts(study[0].info.run_id)}
 
 
 @pytest.mark.parametrize("sets, needle", [

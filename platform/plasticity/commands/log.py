@@ -16,17 +16,25 @@ def folder_arg(p) -> None:
 def log_handler(_cfg, ctx) -> dict:
     """Replay a run's ``events.jsonl`` (params, metrics with their steps, rules, artifacts, its
     end) into a new run of the store, with the folder's result files attached."""
-    import json
-    import math
-
     out = Path(ctx.options["folder"]).resolve()
-    events = out / "events.jsonl"
-    if not events.is_file():
+    if not (out / "events.jsonl").is_file():
         raise PlasticityError(f"{out} holds no events.jsonl: give the output folder (--out) of a "
                               "plasticity run")
     uri = require_tracking(ctx, "log")
+    run_id, status, n = replay(out, uri)
+    return {"command": "log", "run_id": run_id, "status": status, "events": n,
+            "summary": f"logged {out} ({n} events) as run {run_id} ({status}) in {uri}"}
+
+
+def replay(out: Path, uri: str, parent_run_id: str | None = None) -> tuple[str, str, int]:
+    """Log the run folder ``out`` (its events.jsonl) into the store at ``uri`` as a new run (a
+    child of ``parent_run_id`` when given, rules then not registered again): (run id, status,
+    events read)."""
+    import json
+    import math
+
     rows = []
-    for line in events.read_text().splitlines():
+    for line in (out / "events.jsonl").read_text().splitlines():
         try:
             rows.append(json.loads(line))
         except ValueError:
@@ -38,8 +46,9 @@ def log_handler(_cfg, ctx) -> dict:
     from ..rules.io import load_rule
     from ..tracking import open_store
 
-    sink = open_store(uri).sink(command, tags={"plasticity.command": command,
-                                               "plasticity.logged_from": str(out)}, out=out)
+    tags = {"plasticity.command": command, "plasticity.logged_from": str(out)}
+    child = {} if parent_run_id is None else {"parent_run_id": parent_run_id, "register": False}
+    sink = open_store(uri).sink(command, tags=tags, out=out, **child)
     status = "FAILED"
     for e in rows:
         kind = e.get("event")
@@ -55,8 +64,7 @@ def log_handler(_cfg, ctx) -> dict:
         elif kind == "close":
             status = e.get("status", "FINISHED")
     sink.close(status)
-    return {"command": "log", "run_id": sink.run_id, "status": status, "events": len(rows),
-            "summary": f"logged {out} ({len(rows)} events) as run {sink.run_id} ({status}) in {uri}"}
+    return sink.run_id, status, len(rows)
 
 
 COMMAND = Command("log", "log a run's output folder (its events.jsonl) to the tracking store: a "

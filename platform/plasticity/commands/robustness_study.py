@@ -23,8 +23,9 @@ the per-example worst case over all of them is what counts. The networks (``rob_
 
 The transfer attack crafts on the seed's ``gd_full`` network (on the ``perceptron`` network for
 ``gd_full`` itself). Every cell is a ``plasticity attack`` run (an MLflow child run when
-tracked); a cell whose result.json already holds the same config is reused, so an interrupted
-study continues where it stopped. Writes result.json, report.md and robust_vs_clean.png.
+tracked); a cell whose result.json already holds the same config is reused (and, when tracked,
+logged from its folder as a child run all the same), so an interrupted study continues where it
+stopped. Writes result.json, report.md and robust_vs_clean.png.
 """
 
 from __future__ import annotations
@@ -97,10 +98,23 @@ def _cell(cfg, ctx, out: Path, t0: float, command: str = "attack") -> dict:
             old = json.loads(done.read_text())
             if old.get("config") == json.loads(json.dumps(to_dict(cfg))):
                 _log(f"  {out.name}: reused (same config)", t0)
+                _track_reused(ctx, out)
                 return old
         except (OSError, ValueError):
             pass  # a damaged earlier result: run the cell again
     return run_child(command, cfg, ctx, out)
+
+
+def _track_reused(ctx, out: Path) -> None:
+    """A reused cell is still a child run of a tracked study: its folder's events replayed."""
+    from .base import parent_run
+    from .log import replay
+
+    parent = parent_run(ctx)
+    if ctx.tracking is None or parent is None or parent.failed is not None:
+        return
+    if (out / "events.jsonl").is_file():
+        replay(out, ctx.tracking, parent_run_id=parent.inner.start())
 
 
 def _specs(sc, learned: str | None) -> list[tuple[str, dict]]:
