@@ -216,6 +216,31 @@ def test_double_softmax_loss_masks_gradients_of_large_logits(mnist, batch):
     d_big, d_base = diagnostics(big, x, y), diagnostics(base, x, y)
     assert d_big["zero_ce_gradient"] > d_base["zero_ce_gradient"]
     assert d_base["h_T_vs_h_1"] == 0.0 and d_base["mean_W_on_edges"] == 0.0  # T = 1: no recurrence
+    # the first-order distance to the boundary is scale-free: the same for logits x1000
+    fb, fs = d_big["first_order_distance"], d_base["first_order_distance"]
+    assert 0 < fs["q25"] <= fs["median"] <= fs["q75"]
+    assert fb["median"] == pytest.approx(fs["median"], rel=1e-4)
+
+
+def test_first_order_distance_is_where_a_linear_attack_breaks(mnist, batch):
+    """On a T = 1 network (piecewise linear in x away from cap switches), a step of the
+    first-order distance (x 1.2) along the margin's gradient breaks most of the correct examples
+    it is computed for; a step of half of it breaks fewer."""
+    from plasticity.robustness.evaluate import first_order_distance
+    from plasticity.robustness.frozen import margin
+
+    model = _net(mnist, 1)
+    x, y = batch
+    xg = x.clone().requires_grad_(True)
+    m = margin(model.logits(xg), y)
+    (g,) = torch.autograd.grad(m.sum(), xg)
+    ok = m.detach() > 0
+    d = m.detach() / g.norm(dim=1)
+    unit = g / g.norm(dim=1, keepdim=True)
+    broken = {f: int((model.predict(x - f * d[:, None] * unit) != y)[ok].sum()) for f in (0.5, 1.2)}
+    assert broken[1.2] >= 0.6 * int(ok.sum()) and broken[0.5] < broken[1.2]
+    assert first_order_distance(model, x, y)["first_order_distance"]["median"] == pytest.approx(
+        float(torch.quantile(d[ok].double(), 0.5)), rel=1e-6)
 
 
 def test_bpda_surrogate_keeps_the_forward_and_gives_the_cap_a_gradient(mnist, batch):

@@ -169,4 +169,24 @@ def diagnostics(model: FrozenNet, x: torch.Tensor, y: torch.Tensor) -> dict:
         edges = n.graph[0].sum().clamp_min(1)
     return {"logit_std": logits.detach().std().item(),
             "zero_ce_gradient": int((~(g != 0).any(1) & ok).sum()), "correct": int(ok.sum()),
-            "h_T_vs_h_1": rel, "mean_W_on_edges": (model.W[0].sum() / edges).item()}
+            "h_T_vs_h_1": rel, "mean_W_on_edges": (model.W[0].sum() / edges).item(),
+            **first_order_distance(model, x, y)}
+
+
+def first_order_distance(model: FrozenNet, x: torch.Tensor, y: torch.Tensor) -> dict:
+    """The linearised L2 distance to the decision boundary, margin / ||grad_x margin|| (the
+    margin z_y - max_{j != y} z_j, its gradient through the kept units), over the correctly
+    classified examples: median and quartiles. It separates a large margin from a small input
+    gradient: where the first-order distance is large but attacks still break the example, the
+    boundary is close through the cap's switching, not along the gradient."""
+    from .frozen import margin
+
+    xg = x.detach().clone().requires_grad_(True)
+    m = margin(model.logits(xg), y)
+    (g,) = torch.autograd.grad(m.sum(), xg)
+    ok = m.detach() > 0
+    if not bool(ok.any()):
+        return {"first_order_distance": None}
+    d = (m.detach()[ok] / g[ok].norm(dim=1).clamp_min(1e-30)).double()
+    q = torch.quantile(d, torch.tensor([0.25, 0.5, 0.75], dtype=d.dtype)).tolist()
+    return {"first_order_distance": {"q25": q[0], "median": q[1], "q75": q[2]}}
