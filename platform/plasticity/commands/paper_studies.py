@@ -81,6 +81,7 @@ class StudyConfig:
     rob_learned_gamma: float = 0.5  # robustness study: gamma the margin rule is meta-learned at
     rob_rule_T3: str = "results/table2-reference/rule_T3.json"  # T=3 rule of ref_T3 (reference
     #                                                             dynamics, learned on MNIST)
+    rob_ref_gamma: float = 0.5  # robustness study: gamma of ref_T3_margin (margin_rel)
     rob_evolved: str = "results/lifetime/relu1-V400-engine/seed0/cma_rule.json"  # evolved_T3
     rob_eps: str = "0,0.5,1"  # robustness study: L2 radii
     rob_attacks: str = ROB_ATTACKS  # robustness study: the attacks (worst case over all)

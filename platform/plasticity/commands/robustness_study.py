@@ -17,6 +17,7 @@ the per-example worst case over all of them is what counts. The networks (``rob_
   the spread includes meta-learning's);
 - ``ref_T1`` / ``ref_T3``: the reference dynamics (recurrence=code, firing=topk): the perceptron
   at T = 1, and ``rob_rule_T3`` (a T = 3 rule learned under those dynamics) at T = 3;
+  ``ref_T3_margin``: the same T = 3 rule under the margin scheme (``rob_ref_gamma``);
 - ``evolved_T3``: ``rob_evolved``, the best evolved T = 3 rule of the lifetime study;
 - ``gd_output`` (T = 1, the output layer by Adam) and ``gd_full`` (T = 3, W and U by Adam
   through the rounds).
@@ -69,8 +70,9 @@ def check_robustness_fields(sc) -> None:
     for g in _list("rob_gammas", sc.rob_gammas, float):
         if g <= 0:
             raise PlasticityError(f"rob_gammas has gamma={g}: every gamma must be > 0")
-    if sc.rob_learned_gamma <= 0:
-        raise PlasticityError(f"rob_learned_gamma={sc.rob_learned_gamma} must be > 0")
+    for name in ("rob_learned_gamma", "rob_ref_gamma"):
+        if getattr(sc, name) <= 0:
+            raise PlasticityError(f"{name}={getattr(sc, name)} must be > 0")
     for e in _list("rob_eps", sc.rob_eps, float):
         if e < 0:
             raise PlasticityError(f"rob_eps has eps={e}: every radius must be >= 0")
@@ -139,6 +141,9 @@ def _specs(sc, learned: str | None) -> list[tuple[str, dict]]:
             specs.append((n, dict(T=1, rule="perceptron", **REFERENCE)))
         elif n == "ref_T3":
             specs.append((n, dict(T=3, rule=sc.rob_rule_T3, **REFERENCE)))
+        elif n == "ref_T3_margin":
+            specs.append((n, dict(T=3, rule=sc.rob_rule_T3, update_on="margin_rel",
+                                  gamma=sc.rob_ref_gamma, **REFERENCE)))
         elif n == "evolved_T3":
             specs.append((n, dict(T=3, rule=sc.rob_evolved)))
         elif n == "gd_output":
