@@ -296,7 +296,7 @@ def test_additive_unroll_node_equals_the_step_by_step_graph(update_on, output_ro
     step-by-step autograd graph: shared or per-network tables, from a learned start, float32
     and float64, with the networks learned in several cache groups."""
     from plasticity import learning
-    from plasticity.meta import _unroll_graph, unroll
+    from plasticity.meta import unroll_graph, unroll
 
     if groups:  # groups of 2 networks: the backward assembles the updates group by group
         per_net = 8 * 40 * (2 * 40 + D)
@@ -313,7 +313,7 @@ def test_additive_unroll_node_equals_the_step_by_step_graph(update_on, output_ro
     U0 = torch.randn(E, 3, 40, generator=g, dtype=dtype) * 0.1
     scheme = Scheme(update_on, output_rows, gamma)
     res = []
-    for fn in (_unroll_graph, unroll):
+    for fn in (unroll_graph, unroll):
         r, o = rnn.clone().requires_grad_(), out.clone().requires_grad_()
         W, U = fn(nets, W0, U0, r, o, xs, ys, eta=0.05, mode="additive", scheme=scheme)
         logits, _, _ = nets.forward(xs, W, U)

@@ -45,7 +45,7 @@ def unroll(nets: Networks, W, U, rnn_table, out_table, xs, ys, *, eta: float, mo
     if mode == "additive" and torch.is_grad_enabled():
         return _Unrolled.apply(nets, eta, scheme, xs, ys, W, U, out_table, rnn_table)
     # without autograd (evolution's fitness) the plain loop is the cheapest at its sizes
-    return _unroll_graph(nets, W, U, rnn_table, out_table, xs, ys, eta=eta, mode=mode,
+    return unroll_graph(nets, W, U, rnn_table, out_table, xs, ys, eta=eta, mode=mode,
                          scheme=scheme)
 
 
@@ -79,7 +79,7 @@ def _steps(nets: Networks, W, U, rnn_table, out_table, xs, ys, eta: float, mode:
     return W, U
 
 
-def _unroll_graph(nets: Networks, W, U, rnn_table, out_table, xs, ys, *, eta: float, mode: str,
+def unroll_graph(nets: Networks, W, U, rnn_table, out_table, xs, ys, *, eta: float, mode: str,
                   scheme: Scheme):
     """:func:`unroll` as a step-by-step autograd graph (any mode)."""
     return _steps(nets, W, U, rnn_table, out_table, xs, ys, eta, mode, scheme, inplace=False)

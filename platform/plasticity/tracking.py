@@ -251,6 +251,7 @@ def open_store(uri: str) -> Store:
                 raise refused_error(uri, _refused(exc)) from None
             raise PlasticityError(f"tracking server {uri} is unreachable ({type(exc).__name__}): "
                                   "start it or pass --tracking-uri none") from None
+    _probe_database(uri)
     lock = None
     if uri.startswith("sqlite:///") and uri != "sqlite:///:memory:":
         path = Path(uri[len("sqlite:///"):])
@@ -274,6 +275,34 @@ def open_store(uri: str) -> Store:
         raise PlasticityError(f"tracking store {uri} cannot be used ({msg[:200]}): {fix}, or pass "
                               "another --tracking-uri (none: no tracking)") from None
     return store
+
+
+DB_PORTS = {"postgresql": 5432, "mysql": 3306, "mssql": 1433}
+
+
+def _probe_database(uri: str, timeout: float = 5.0) -> None:
+    """A database store whose server does not answer is one line now (MLflow would retry its
+    engine with a warning per attempt, then fail): connect to its host and port once."""
+    import socket
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(uri)
+    scheme = parts.scheme.split("+")[0]
+    if scheme not in DB_PORTS:
+        return
+    try:
+        host, port = parts.hostname, parts.port or DB_PORTS[scheme]
+    except ValueError:
+        raise PlasticityError(f"tracking store {uri} cannot be used (malformed port): pass "
+                              "another --tracking-uri (none: no tracking)") from None
+    if not host:
+        return  # a local socket: MLflow's own error says what is wrong
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as exc:
+        raise PlasticityError(f"tracking store {uri} cannot be used (no database answers at "
+                              f"{host}:{port}: {type(exc).__name__}): start it or pass another "
+                              "--tracking-uri (none: no tracking)") from None
 
 
 def _is_sqlite(path: Path) -> bool:
