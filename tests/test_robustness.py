@@ -344,3 +344,17 @@ def test_robustness_study_bad_input_is_one_line_exit_2(capsys, tmp_path, sets, n
     err = _study(capsys, tmp_path, *sets, code=2)
     assert len(err.strip().splitlines()) == 1 and needle in err, err
     assert not (tmp_path / "cells").exists()
+
+
+def test_every_robustness_network_is_a_valid_attack_config():
+    """Each name of the study's NETWORKS is accepted by its config and builds at least one
+    valid AttackConfig (a name without a spec, or a spec the attack refuses, fails here)."""
+    from plasticity.commands.attack import AttackConfig
+    from plasticity.commands.paper_studies import StudyConfig
+    from plasticity.commands.robustness_study import NETWORKS, network_specs
+
+    for name in NETWORKS:
+        specs = network_specs(StudyConfig(rob_networks=name), learned="learned_rule.json")
+        assert specs, name
+        for label, fields in specs:
+            assert AttackConfig(**fields).T == fields["T"], label

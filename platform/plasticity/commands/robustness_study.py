@@ -43,8 +43,8 @@ from ..config import MetaConfig, to_dict
 from ..robustness.evaluate import check_attacks
 from . import run_child
 
-NETWORKS = ("perceptron", "margin", "ones", "ones_margin", "learned_margin", "ref_T1", "ref_T3", "evolved_T3",
-            "gd_output", "gd_full")
+NETWORKS = ("perceptron", "margin", "ones", "ones_margin", "learned_margin", "ref_T1", "ref_T3",
+            "ref_T3_margin", "evolved_T3", "gd_output", "gd_full")
 ALL_ATTACKS = ("paper,fgsm,pgd_linf,pgd_l2,square,transfer,bpda,es,art_apgd_ce,art_apgd_dlr,"
                "art_square,art_hsj")
 REFERENCE = {"recurrence": "code", "firing": "topk"}
@@ -119,7 +119,7 @@ def _track_reused(ctx, out: Path) -> None:
         replay(out, ctx.tracking, parent_run_id=parent.inner.start())
 
 
-def _specs(sc, learned: str | None) -> list[tuple[str, dict]]:
+def network_specs(sc, learned: str | None) -> list[tuple[str, dict]]:
     """(label, AttackConfig fields) of every network asked for, in rob_networks' order."""
     specs = []
     for n in _list("rob_networks", sc.rob_networks):
@@ -180,7 +180,7 @@ def study_robustness(sc, ctx, out: Path) -> dict:
             learned = (_learn_margin_rule(sc, dataset, seed, ctx,
                                           out / "meta" / f"{dataset}-margin-seed{seed}", t0)
                        if "learned_margin" in names else None)
-            specs = _specs(sc, learned)
+            specs = network_specs(sc, learned)
             base = dict(seed=seed, dataset=dataset, neurons=sc.large, k=max(1, sc.large // 2),
                         passes=sc.rob_passes, n_train=sc.n_train_images, n_test=sc.n_test,
                         dtype=sc.dtype, n_attack=sc.n_attack, eps=",".join(f"{e:g}" for e in eps),
