@@ -36,9 +36,9 @@ def unroll(nets: Networks, W, U, rnn_table, out_table, xs, ys, *, eta: float, mo
     Which examples update, which neurons fire and which row is predicted are constants of the
     gradient, so with the additive rule W_B = W_0 + sum_t s_t (r[h_t,i, h_t,j] on the graph) and
     U_B likewise are linear in the tables with coefficients fixed by the (discrete) trajectory.
-    The additive rule therefore runs as one autograd node (:class:`_Unrolled`): the forward loop
-    without autograd, in place (the same operations in the same order, so W_B and U_B are
-    bit-identical to the step-by-step graph's), and a backward of a few batched products over the
+    The additive rule therefore runs as one autograd node (:class:`_Unrolled`): its forward is
+    rule-based learning without autograd (the same updates in the same order, so W_B and U_B are
+    bit-identical to the step-by-step graph's), its backward a few batched products over the
     recorded histories instead of B steps of V x V operations. The multiplicative rule, whose
     weights are products over the steps, keeps the step-by-step graph, and so does a call
     without autograd (a population's fitness), where the plain loop measured fastest."""
@@ -49,10 +49,9 @@ def unroll(nets: Networks, W, U, rnn_table, out_table, xs, ys, *, eta: float, mo
                          scheme=scheme)
 
 
-def _steps(nets: Networks, W, U, rnn_table, out_table, xs, ys, eta: float, mode: str,
-           scheme: Scheme, inplace: bool, record: list | None = None):
-    """The learning loop: W, U after xs [N, B, d] (in place when ``inplace``); ``record``
-    receives (histories [N, V] uint8, scale [N], y [N], pred [N]) of every step that updates."""
+def unroll_graph(nets: Networks, W, U, rnn_table, out_table, xs, ys, *, eta: float, mode: str,
+                 scheme: Scheme):
+    """:func:`unroll` as a step-by-step autograd graph (any mode)."""
     N = nets.n
     # on the CPU a step where no network errs is skipped: its change is exactly zero (W + 0 = W)
     # and so is its contribution to the gradient; on CUDA the test would cost a sync per step
@@ -70,19 +69,10 @@ def _steps(nets: Networks, W, U, rnn_table, out_table, xs, ys, eta: float, mode:
                 continue
             scale = trigger.to(W.dtype) * eta
         dU = output_delta(out_table, hist, y, pred, scale, nets.n_classes, scheme.output_rows)
-        U = apply_delta(U, dU, mode, inplace=inplace)
+        U = apply_delta(U, dU, mode)
         if rnn_table is not None:
-            W = apply_delta(W, rnn_delta(rnn_table, hist, scale), mode, mask=nets.graph,
-                            inplace=inplace)
-        if record is not None:
-            record.append((hist.to(torch.uint8), scale, y, pred))
+            W = apply_delta(W, rnn_delta(rnn_table, hist, scale), mode, mask=nets.graph)
     return W, U
-
-
-def unroll_graph(nets: Networks, W, U, rnn_table, out_table, xs, ys, *, eta: float, mode: str,
-                  scheme: Scheme):
-    """:func:`unroll` as a step-by-step autograd graph (any mode)."""
-    return _steps(nets, W, U, rnn_table, out_table, xs, ys, eta, mode, scheme, inplace=False)
 
 
 class _Unrolled(torch.autograd.Function):
