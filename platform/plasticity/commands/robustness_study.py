@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections import Counter
 import time
 from pathlib import Path
 
@@ -219,10 +220,7 @@ def study_robustness(sc, ctx, out: Path) -> dict:
 
 def _summary(res: dict, seed: int) -> dict:
     """What the report needs from one attack run (percentages)."""
-    by = {}
-    for e, a in zip(res["broken_at"], res["broken_by"]):
-        if a not in (None, "clean"):
-            by[a] = by.get(a, 0) + 1
+    by = dict(Counter(a for a in res["broken_by"] if a not in (None, "clean")))
     return {"seed": seed, "clean": 100 * res["clean_test_accuracy"],
             "clean_attacked": 100 * res["clean"], "worst": [100 * v for v in res["worst"]],
             "raw": {a: [100 * x for x in v] for a, v in res["raw"].items()},
