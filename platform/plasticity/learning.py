@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from . import kernels
 from .network import Networks
 from .rules import Rule, Scheme
 from .rules.tables import apply_delta, output_delta
@@ -116,6 +117,12 @@ class RuleLearner:
         if self.rnn_table is not None:
             t = (self.rnn_table * eta_t).transpose(-1, -2).contiguous()
             self._rnn_eta_t = t.add(1.0) if self.mode == "multiplicative" else t
+        # the compiled one-pass update where it runs (CPU float32, 2^T <= 8): padded tables and
+        # a uint8 copy of the graph; elsewhere the torch form (plasticity.kernels)
+        self._kernel_tables = self._graph8 = None
+        if self._rnn_eta_t is not None and kernels.usable(nets.A, 2**nets.T):
+            self._kernel_tables = kernels.pad_tables(self._rnn_eta_t)
+            self._graph8 = nets.graph.to(torch.uint8).contiguous()
         self.W, self.U = nets.fresh_weights(self.mode)
         self.updates = torch.zeros(nets.n, dtype=torch.int64, device=device)
         self.diverged = torch.zeros(nets.n, dtype=torch.bool, device=device)
@@ -132,6 +139,11 @@ class RuleLearner:
             group = max(1, min(group, SEGMENT_BYTES // seg))
         self.group = group
 
+    @property
+    def compiled_update(self) -> bool:
+        """Whether the recurrent updates run the compiled one-pass kernel (plasticity.kernels)."""
+        return self._graph8 is not None
+
     def _chunk_size(self, n: int) -> int:
         if self.scheme.update_on == "all":
             return 1
@@ -146,14 +158,15 @@ class RuleLearner:
             return table[hist]
         return table[g][self._rows[:hist.shape[0]].unsqueeze(1), hist]
 
-    def _update(self, g: slice, hist, y, pred, live: torch.Tensor | None) -> None:
+    def _update(self, g: slice, hist8, y, pred, live: torch.Tensor | None) -> None:
         """Apply one update, in place, to the networks of group ``g`` from their histories
-        [n, V] (int64); ``live`` [n] (None = all): the networks that update; the others' rows of
+        [n, V] (uint8); ``live`` [n] (None = all): the networks that update; the others' rows of
         the batched change are zero, which leaves their weights exactly as they were."""
         mode, dtype = self.mode, self.W.dtype
-        n = hist.shape[0]
+        n = hist8.shape[0]
         if self.record is not None:
-            self.record.append((g.start, hist.to(torch.uint8), live, y, pred))
+            self.record.append((g.start, hist8, live, y, pred))
+        hist = hist8.to(torch.int64)
         rows = self._rows[:n]
         U = self.U[g]
         if mode == "additive" and self.scheme.output_rows == "label_pred":
@@ -175,6 +188,13 @@ class RuleLearner:
         if self._rnn_eta_t is None:
             return
         W = self.W[g]
+        if self._graph8 is not None and W.is_contiguous():
+            tables = self._kernel_tables if self._kernel_tables.dim() == 2 else \
+                self._kernel_tables[g]
+            kernels.rule_update(W, self._graph8[g], tables, hist8.contiguous(),
+                                None if live is None else live.to(torch.uint8),
+                                mode == "multiplicative")
+            return
         P = self._rows_of(self._rnn_eta_t, g, hist)  # [n, V_post, S_pre]
         Q = (hist.unsqueeze(1) == self._states).to(dtype)  # [n, S_pre, V_pre] one-hot
         if mode == "additive":
@@ -238,7 +258,7 @@ class RuleLearner:
             self.triggered += n_trig
             if n_trig:
                 at = (rows_n, first.clamp(max=C - 1))
-                self._update(g, bits[at].to(torch.int64), yb[at], pred[at],
+                self._update(g, bits[at], yb[at], pred[at],
                              None if n_trig == n else has)
                 self.updates[g] += has
             if n_left == 0:
@@ -266,7 +286,7 @@ class RuleLearner:
             p += f + 1
             self.seen += f + 1
             self.triggered += 1
-            self._update(g, bits[:, f].to(torch.int64), ys[:, p - 1], pred[f:f + 1], None)
+            self._update(g, bits[:, f], ys[:, p - 1], pred[f:f + 1], None)
             self.updates[g] += 1
 
     def check_finite(self) -> torch.Tensor:
