@@ -5,9 +5,10 @@
 Measures, for T = 3 networks of |V| neurons (k = |V|/2) on MNIST-sized inputs (d = 784):
 - a forward pass of a chunk of C examples through 1 network, C in 1..128, fitted as a + b C
   (rounds 2..T and the output; round 1 is computed a segment at a time);
-- one update of 1 network and of 16 networks (mistake rows), in the two exact forms: the rank-2^T
-  product (``RuleLearner``: one GEMM + graph mask) and the gather of the table over histories
-  (``rules.tables.rnn_delta`` + ``addcmul_``);
+- one update of 1 network and of 16 networks (mistake rows), in the exact forms: the rank-2^T
+  product (``RuleLearner``'s torch form: one GEMM + graph mask), the gather of the table over
+  histories (``rules.tables.rnn_delta`` + ``addcmul_``) and, on a CPU where it compiles, the
+  one-pass kernel (``plasticity.kernels``, float32);
 and prints the learner's cost constants (BETA = b / a, UPSILON = u / a, see
 ``plasticity.learning.CHUNK_COSTS``) and which update form is faster here. Nothing asserts.
 """
@@ -44,6 +45,7 @@ def _timer(device: str, fn, reps: int) -> float:
 
 def _update_costs(device: str, V: int, n: int, tab: torch.Tensor, reps: int) -> dict:
     """Seconds of one update of n networks in each exact form."""
+    from plasticity import kernels
     from plasticity.rules.tables import rnn_delta
 
     S = tab.shape[0]
@@ -60,7 +62,12 @@ def _update_costs(device: str, V: int, n: int, tab: torch.Tensor, reps: int) -> 
     def gather():
         W.addcmul_(rnn_delta(tab, hist, scale), G)
 
-    return {"product": _timer(device, product, reps), "gather": _timer(device, gather, reps)}
+    out = {"product": _timer(device, product, reps), "gather": _timer(device, gather, reps)}
+    if kernels.usable(W, S):
+        G8, tt, h8 = G.to(torch.uint8), kernels.pad_tables(tab.t()), hist.to(torch.uint8)
+        out["kernel"] = _timer(device, lambda: kernels.rule_update(W, G8, tt, h8, None, False),
+                               reps)
+    return out
 
 
 def measure(device: str, V: int, reps: int) -> dict:
@@ -91,6 +98,8 @@ def measure(device: str, V: int, reps: int) -> dict:
     out["update_seconds"] = {str(k): v for k, v in upd.items()}
     u = upd[1]["product"]
     out["suggested_chunk_costs"] = {"BETA": b / a, "UPSILON": u / a}
+    if "kernel" in upd[1]:  # the learner's constants when the compiled update runs
+        out["suggested_chunk_costs_kernel"] = {"BETA": b / a, "UPSILON": upd[1]["kernel"] / a}
     out["faster_update_form"] = {str(n): min(v, key=v.get) for n, v in upd.items()}
     return out
 
@@ -111,9 +120,10 @@ def main() -> None:
           + ", ".join(f"{k} {v * 1e3:.3f} ms" for k, v in res["update_seconds"]["1"].items())
           + "; (16 networks) "
           + ", ".join(f"{k} {v * 1e3:.3f} ms" for k, v in res["update_seconds"]["16"].items()))
-    print(f"suggested CHUNK_COSTS: BETA={res['suggested_chunk_costs']['BETA']:.3f} "
-          f"UPSILON={res['suggested_chunk_costs']['UPSILON']:.3f}; faster update form: "
-          f"{res['faster_update_form']}")
+    for key in ("suggested_chunk_costs", "suggested_chunk_costs_kernel"):
+        if key in res:
+            print(f"{key}: BETA={res[key]['BETA']:.3f} UPSILON={res[key]['UPSILON']:.3f}")
+    print(f"faster update form: {res['faster_update_form']}")
     if args.out:
         Path(args.out).write_text(json.dumps(res, indent=1))
 
