@@ -102,3 +102,26 @@ def test_no_compiler_falls_back_to_the_torch_form(tmp_path, monkeypatch) -> None
 def test_kernel_is_only_for_cpu_float32_and_small_tables() -> None:
     assert not kernels.usable(torch.zeros(1, 4, 4, dtype=torch.float64), 8)
     assert not kernels.usable(torch.zeros(1, 4, 4), 16)
+
+
+@needs_kernel
+def test_processes_compiling_at_once_all_get_a_working_kernel(tmp_path) -> None:
+    """Four fresh interpreters compile into one empty cache at the same moment: each writes a
+    temporary file and renames it into place, so every one loads a whole library."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import torch; from plasticity import kernels; "
+            "W = torch.zeros(1, 9, 9); "
+            "kernels.rule_update(W, torch.ones(1, 9, 9, dtype=torch.uint8), "
+            "kernels.pad_tables(torch.full((2, 2), 0.5)), torch.ones(1, 9, dtype=torch.uint8), "
+            "None, False); print(float(W.sum()))")
+    env = {**os.environ, "PLASTICITY_KERNEL_CACHE": str(tmp_path / "cache")}
+    procs = [subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(4)]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0] * 4, [e for _, e in outs]
+    assert [o.strip() for o, _ in outs] == ["40.5"] * 4  # 81 entries + 0.5 each
+    assert len(list((tmp_path / "cache").glob("*.so"))) == 1
+    assert not [p for p in (tmp_path / "cache").iterdir() if p.is_dir()]  # no temporary left
