@@ -87,7 +87,9 @@ class RuleLearner:
     change dW[j, i] = eta * r[h_i, h_j] is the rank-2^T product (eta r^T)[h_post] @ onehot(h_pre)^T
     added into W by one GEMM (each output entry sums one non-zero product, so it equals the
     table entry exactly), then W is masked by the graph; updates of some of a group's networks
-    are the same batched product with the others' rows zero (W + 0 = W)."""
+    are the same batched product with the others' rows zero (W + 0 = W). On a CPU in float32
+    with 2^T <= 8 the same arithmetic runs as one compiled pass over W instead
+    (:mod:`plasticity.kernels`, bit-identical, skipping the networks that do not update)."""
 
     def __init__(self, nets: Networks, rule: Rule | None, eta: float, chunk: int = 0,
                  group: int = 0, tables: tuple | None = None, mode: str | None = None,
