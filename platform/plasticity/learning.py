@@ -54,9 +54,6 @@ def evaluate(nets: Networks, W: torch.Tensor, U: torch.Tensor, x: torch.Tensor, 
 # cost is kernel launches and an example is nearly free (BETA small): a guess until
 # bench/device_check.sh has measured it (its JSON holds the suggested constants).
 CHUNK_COSTS = {"cpu": (0.12, 1.4), "cuda": (0.02, 1.0)}  # device type -> (BETA, UPSILON)
-# with the compiled one-pass update (plasticity.kernels) an update of one network costs 0.32x the
-# torch form's (bench/device_costs.py, one run), and a group pays only for its updating networks
-CHUNK_COSTS["cpu-kernel"] = (0.12, 0.45)
 MAX_CHUNK = 512
 SEGMENT = 256  # examples whose first round (independent of W) is computed in one batch
 GROUP_BYTES = 16 * 2**20  # CPU: networks learned together while their weights fit in this
@@ -135,8 +132,9 @@ class RuleLearner:
         self.triggered = 0
         self._rows = torch.arange(nets.n, device=device)
         self._states = torch.arange(2**nets.T, device=device).view(1, -1, 1)
-        self.costs = CHUNK_COSTS["cpu-kernel"] if self.compiled_update else \
-            CHUNK_COSTS.get(device.type, CHUNK_COSTS["cpu"])
+        # the same chunk sizes with and without the compiled update: the float32 forward's last
+        # bits depend on the chunk size, so other sizes could flip a near-tie decision
+        self.costs = CHUNK_COSTS.get(device.type, CHUNK_COSTS["cpu"])
         if group <= 0:
             per_net = nets.A.element_size() * nets.neurons * (2 * nets.neurons + nets.A.shape[2])
             group = nets.n if device.type == "cuda" else max(1, GROUP_BYTES // per_net)
@@ -156,7 +154,7 @@ class RuleLearner:
         if self.chunk > 0:
             return self.chunk
         rate = (self.triggered + 1) / (self.seen + 2)  # smoothed update rate per example
-        return best_chunk(float(f"{rate:.3g}"), *self.costs, n > 1 and not self.compiled_update)
+        return best_chunk(float(f"{rate:.3g}"), *self.costs, n > 1)
 
     def _rows_of(self, table: torch.Tensor, g: slice, hist: torch.Tensor) -> torch.Tensor:
         """table[hist] [n, V, ...]: one shared table, or each network's own row of [N, S, ...]."""
