@@ -358,3 +358,24 @@ def test_every_robustness_network_is_a_valid_attack_config():
         assert specs, name
         for label, fields in specs:
             assert AttackConfig(**fields).T == fields["T"], label
+
+
+def test_a_stuck_art_attack_ends_and_counts_its_examples_as_not_broken(mnist, batch, monkeypatch,
+                                                                       caplog):
+    """ART's HopSkipJump step-size search has no bound (it can query one point for ever); a run
+    of one-point queries beyond the limit stops it: the examples are retried one at a time and
+    those still stuck keep their clean point. With a limit its binary search always exceeds,
+    every example is stuck, so nothing is broken, and it says so."""
+    from plasticity.robustness import art_attacks
+
+    model = _net(mnist, 1)
+    x, y = batch
+    keep = model.predict(x) == y
+    x, y = x[keep][:4], y[keep][:4]
+    free = ATTACKS["art_hsj"].fn(model, x, y, 3.0, queries=100, gen=_gen())[1]
+    assert bool(free.any())  # unhindered, HSJ breaks some of these at eps 3
+    monkeypatch.setattr(art_attacks, "STUCK_QUERIES", 3)
+    with caplog.at_level("WARNING"):
+        x_adv, broken = ATTACKS["art_hsj"].fn(model, x, y, 3.0, queries=100, gen=_gen())
+    assert not bool(broken.any()) and torch.equal(x_adv, x)
+    assert "stuck on 4 of 4 examples" in caplog.text
