@@ -332,6 +332,16 @@ def test_robustness_study_tables_every_network_and_reuses_finished_cells(capsys,
     assert "robust_vs_clean.png" in {a.path for a in client.list_artifacts(study[0].info.run_id)}
 
 
+def test_robustness_study_without_transfer_gives_no_network_a_surrogate(capsys, tmp_path):
+    """Without the transfer attack no cell names a surrogate (an unused path in a cell's config
+    would stop it being reused by a study whose network list differs)."""
+    _study(capsys, tmp_path, "rob_networks=perceptron,gd_full", "rob_attacks=pgd_l2")
+    cells = tmp_path / "cells" / "mnist-seed0"
+    assert not (cells / "gd_full-train").exists()
+    for name in ("perceptron", "gd_full"):
+        assert json.loads((cells / name / "result.json").read_text())["config"]["surrogate"] == ""
+
+
 @pytest.mark.parametrize("sets, needle", [
     (["rob_networks=perceptron,bogus"], "unknown network 'bogus'"),
     (["rob_gammas=0.3,-1"], "every gamma must be > 0"),

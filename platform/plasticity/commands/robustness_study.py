@@ -198,7 +198,7 @@ def study_robustness(sc, ctx, out: Path) -> dict:
             order = [lab for lab, _ in specs if lab != "gd_full"] + \
                 (["gd_full"] if "gd_full" in fields else [])
             for label in order:
-                surrogate = gd_net if label != "gd_full" else rule_net
+                surrogate = (gd_net if label != "gd_full" else rule_net) if transfer else None
                 net_attacks = attacks if (surrogate or not transfer) else \
                     [a for a in attacks if a != "transfer"]
                 extra = dict(fields[label])
