@@ -95,6 +95,10 @@ def test_no_compiler_falls_back_to_the_torch_form(tmp_path, monkeypatch) -> None
     assert kernels.library() is None
     W = torch.zeros(1, 10, 10)
     assert not kernels.usable(W, 8)
+    with pytest.raises(RuntimeError, match="unavailable"):
+        kernels.rule_update(W, torch.ones(1, 10, 10, dtype=torch.uint8),
+                            kernels.pad_tables(torch.zeros(2, 2)),
+                            torch.zeros(1, 10, dtype=torch.uint8), None, False)
     monkeypatch.setenv("PLASTICITY_KERNELS", "off")
     assert kernels.library() is None
 

@@ -160,6 +160,9 @@ def rule_update(W: torch.Tensor, graph8: torch.Tensor, tables: torch.Tensor,
         if not t.is_contiguous():
             raise ValueError("rule_update needs contiguous tensors")
     assert W.shape == (n, V, V) and graph8.shape == W.shape and tables.dtype == torch.float32
+    lib = library()
+    if lib is None:
+        raise RuntimeError("the compiled rule update is unavailable here: check usable() first")
     stride = 0 if tables.dim() == 2 else tables.shape[-2] * LANES
-    library().plasticity_rule_update_f32(_ptr(W), _ptr(graph8), _ptr(tables), stride,
-                                         _ptr(hist8), _ptr(live8), n, V, int(multiplicative))
+    lib.plasticity_rule_update_f32(_ptr(W), _ptr(graph8), _ptr(tables), stride, _ptr(hist8),
+                                   _ptr(live8), n, V, int(multiplicative))
