@@ -62,26 +62,66 @@ def _uptime() -> str:
     return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
 
 
-def _instrument(timings: dict, spans: dict, per_trial: dict):
-    """Wrap TrialLogger's hooks: seconds spent per hook and per trial, and each trial's start/end
-    times."""
+def _cpu_s(pids: list[int]) -> float:
+    """CPU seconds (user + system) of the live processes ``pids`` (from /proc; 0 without it)."""
+    tick, total = os.sysconf("SC_CLK_TCK"), 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / tick
+
+
+def _tree(root: int) -> list[int]:
+    """``root`` and every process below it (the tracking server's tree: MLflow starts uvicorn and
+    its job consumers in sessions of their own)."""
+    parent = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                parent[int(d.name)] = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+    tree, grew = {root}, True
+    while grew:
+        new = {pid for pid, ppid in parent.items() if ppid in tree} - tree
+        tree |= new
+        grew = bool(new)
+    return sorted(tree)
+
+
+SERVER_PID: list[int] = []  # set by tracking_server: whose CPU time the bench samples
+
+
+def _instrument(timings: dict, spans: dict, per_trial: dict, samples: dict):
+    """Wrap TrialLogger's hooks: seconds (wall, and CPU of the driver's thread) spent per hook and
+    per trial, each trial's start/end times, and at each trial's start the load average and the
+    CPU seconds used so far by the driver process and by the tracking server: the context that
+    tells a logging cost that grows with the store from one that grows with the machine's load."""
     from plasticity.commands.sweep import TrialLogger
 
     originals = {name: getattr(TrialLogger, name) for name in HOOKS}
+    server: list[int] = []
 
     def wrap(name, fn):
         @functools.wraps(fn)
         def timed(self, iteration, trials, trial, *args, **kw):
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.thread_time()
             if name == "on_trial_start":
                 spans[trial.trial_id] = [t0, None]
+                if SERVER_PID and not server:
+                    server.extend(_tree(SERVER_PID[0]))
+                samples[trial.trial_id] = (os.getloadavg()[0], time.process_time(), _cpu_s(server))
             try:
                 return fn(self, iteration, trials, trial, *args, **kw)
             finally:
                 t1 = time.perf_counter()
                 timings[name][0] += t1 - t0
                 timings[name][1] += 1
-                per_trial[trial.trial_id] = per_trial.get(trial.trial_id, 0.0) + (t1 - t0)
+                wall, cpu = per_trial.get(trial.trial_id, (0.0, 0.0))
+                per_trial[trial.trial_id] = (wall + t1 - t0, cpu + time.thread_time() - c0)
                 if name in ("on_trial_complete", "on_trial_error"):  # its logging included
                     spans.setdefault(trial.trial_id, [t0, None])[1] = t1
 
@@ -159,6 +199,7 @@ def tracking_server(store_uri: str, workdir: Path):
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
         cwd=workdir)  # a non-sqlite store's artifacts go to ./mlartifacts: the bench's folder
     address = f"http://127.0.0.1:{port}"
+    SERVER_PID[:] = [proc.pid]
     try:
         _wait(lambda: urllib.request.urlopen(address + "/health", timeout=2).status == 200,
               "plasticity server", proc)
@@ -171,6 +212,7 @@ def tracking_server(store_uri: str, workdir: Path):
             os.killpg(proc.pid, signal.SIGKILL)
         for k in creds:
             os.environ.pop(k, None)
+        SERVER_PID.clear()
 
 
 def check_store(uri: str, db: Path | None, result: dict, out: Path) -> dict:
@@ -223,10 +265,12 @@ def check_store(uri: str, db: Path | None, result: dict, out: Path) -> dict:
             "ok": not problems and integrity == "ok" and not locked}
 
 
-def _first_last(per_trial: dict, spans: dict, n: int = 100) -> dict:
-    """Per-trial logging cost (ms) of the first and the last ``n`` trials to start."""
+def _first_last(per_trial: dict, spans: dict, samples: dict, n: int = 100) -> dict:
+    """Per-trial logging cost (ms) of the first and the last ``n`` trials to start, and by decile:
+    the median wall and driver-thread CPU cost, the median load average, and the CPU the driver
+    process and the tracking server used per trial started in the decile."""
     order = [t for t, _ in sorted(spans.items(), key=lambda kv: kv[1][0]) if t in per_trial]
-    costs = [1000 * per_trial[t] for t in order]
+    costs = [1000 * per_trial[t][0] for t in order]
     n = min(n, len(costs) // 2) or 1
 
     def stats(xs):
@@ -235,9 +279,27 @@ def _first_last(per_trial: dict, spans: dict, n: int = 100) -> dict:
 
     first, last = stats(costs[:n]), stats(costs[-n:])
     tenth = max(1, len(costs) // 10)  # the trend across the sweep, against noise from the load
-    deciles = [round(statistics.median(costs[i:i + tenth]), 1) for i in range(0, len(costs), tenth)]
-    return {"first": first, "last": last, "median_ms_by_decile": deciles,
-            "last_over_first_median": round(last["median_ms"] / first["median_ms"], 3)}
+    cuts = list(range(0, len(costs), tenth))
+
+    def by_decile(xs):
+        return [round(statistics.median(xs[i:i + tenth]), 1) for i in cuts]
+
+    def per_trial_of(column):  # CPU ms per trial started between consecutive decile starts
+        got = [samples[t][column] for t in order if t in samples]
+        if len(got) != len(order):
+            return None
+        ends = cuts[1:] + [len(got) - 1]
+        return [round(1000 * (got[e] - got[c]) / max(1, e - c), 1) for c, e in zip(cuts, ends)]
+
+    out = {"first": first, "last": last, "median_ms_by_decile": by_decile(costs),
+           "median_cpu_ms_by_decile": by_decile([1000 * per_trial[t][1] for t in order]),
+           "last_over_first_median": round(last["median_ms"] / first["median_ms"], 3)}
+    if samples:
+        out["load_by_decile"] = by_decile([samples[t][0] for t in order if t in samples])
+        out["driver_cpu_ms_per_trial_by_decile"] = per_trial_of(1)
+        if any(samples[t][2] for t in samples):
+            out["server_cpu_ms_per_trial_by_decile"] = per_trial_of(2)
+    return out
 
 
 def run(trials: int, cpus: int, workdir: Path, server: str = "none") -> dict:
@@ -261,7 +323,8 @@ def _run(trials: int, cpus: int, workdir: Path, uri: str, db: Path | None) -> di
     timings = defaultdict(lambda: [0.0, 0])
     spans: dict = {}
     per_trial: dict = {}
-    originals = _instrument(timings, spans, per_trial)
+    samples: dict = {}
+    originals = _instrument(timings, spans, per_trial, samples)
     out = workdir / "sweep"
     load_before = _uptime()
     ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
@@ -292,7 +355,7 @@ def _run(trials: int, cpus: int, workdir: Path, uri: str, db: Path | None) -> di
         "logging_fraction_of_trial_time": round(logging_s / trial_s, 4) if trial_s else None,
         "logging_fraction_of_wall": round(logging_s / wall, 4),
         "logging_by_hook": {k: {"seconds": round(v[0], 3), "calls": v[1]} for k, v in timings.items()},
-        "per_trial_logging_ms": _first_last(per_trial, spans),
+        "per_trial_logging_ms": _first_last(per_trial, spans, samples),
         "store": checks, "sqlite_mb": round(db.stat().st_size / 2**20, 2) if db else None,
         "load_before": load_before, "load_after": load_after,
         "machine": f"{_platform.machine()}, {os.cpu_count()} cores, python {sys.version.split()[0]}",

@@ -94,14 +94,16 @@ def test_killed_sweep_resumes_without_rerunning_finished_trials(ray_local, tmp_p
     args = ["sweep", "smoke", "--samples", "10", "--out", str(out), "--tracking-uri", uri]
     driver = subprocess.Popen([sys.executable, "-m", "plasticity", *args, "--address", address],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                              start_new_session=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+                              start_new_session=True, env={**os.environ, "OMP_NUM_THREADS": "1",
+                                                           # the worst case: Tune's only snapshot
+                                                           # is its first, older than every finish
+                                                           "TUNE_GLOBAL_CHECKPOINT_S": "3600"})
     try:
         deadline = time.time() + 600  # a guard against a hang, not a timing (shared machines)
         while len(list(out.glob("trials/*/DONE.json"))) < 2:
             assert driver.poll() is None, "the driver ended before it could be killed"
             assert time.time() < deadline, "no trial finished in time"
             time.sleep(0.2)
-        time.sleep(0.5)  # Tune snapshots its experiment state every second (sweep.py)
     finally:
         os.kill(driver.pid, signal.SIGKILL)
         driver.wait()
