@@ -162,12 +162,8 @@ def main() -> None:
     for server in args.server:
         with tempfile.TemporaryDirectory() as tmp:
             results.append(run(args.runs, server, Path(tmp)))
-    ok = all(r["stored_child_runs"] == r["runs"] for r in results)
-    text = json.dumps({"all_ok": ok, "runs": results}, indent=1)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
-    sys.exit(0 if ok else 1)
+    load.finish({"all_ok": all(r["stored_child_runs"] == r["runs"] for r in results),
+                 "runs": results}, args.out)
 
 
 if __name__ == "__main__":

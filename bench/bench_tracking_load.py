@@ -386,11 +386,16 @@ def main() -> None:
         summary[server] = {k: {"min": min(r[k] for r in rs), "max": max(r[k] for r in rs),
                                "median": statistics.median(r[k] for r in rs)} for k in keys}
     ok = all(r["store"]["ok"] and r["errors"] == 0 for r in runs)
-    text = json.dumps({"summary": summary, "all_ok": ok, "runs": runs}, indent=1)
+    finish({"summary": summary, "all_ok": ok, "runs": runs}, args.out)
+
+
+def finish(doc: dict, out: Path | None) -> None:
+    """Print the results JSON, write it to ``out``, exit 1 unless every check passed."""
+    text = json.dumps(doc, indent=1)
     print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
-    sys.exit(0 if ok else 1)
+    if out:
+        out.write_text(text + "\n")
+    sys.exit(0 if doc["all_ok"] else 1)
 
 
 if __name__ == "__main__":
