@@ -110,10 +110,8 @@ def run(runs: int, server: str, workdir: Path) -> dict:
                 [store.experiment_id("plasticity")], f"tags.mlflow.parentRunId = '{parent_id}'",
                 max_results=runs + 1))
     finally:
-        from mlflow.tracking import MlflowClient as C
-
         for name, fn in originals.items():
-            setattr(C, name, fn)
+            setattr(MlflowClient, name, fn)
     tenth = max(1, runs // 10)
     cuts = list(range(0, runs, tenth))
 
